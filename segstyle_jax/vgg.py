@@ -1,0 +1,144 @@
+"""VGG16 / VGG19 feature extractor in Flax, in torchvision's layer order.
+
+Conventions (stated here once; everything else refers to this module):
+
+* Layout is NHWC. The model takes RGB images with values in [0, 1], shape ``[N, h, w, 3]``
+  (or ``[h, w, 3]``, which returns unbatched features).
+* Preprocessing is part of the model: ``(x - mean) / std`` with the ``mean``/``std`` fields.
+  Their values come from the weight file's metadata (``preprocessing``), read by
+  :mod:`segstyle_jax.weights`; the defaults are torchvision's ImageNet statistics, which is what
+  every torchvision VGG checkpoint (and the default weights) expects.
+* Convolution kernels are HWIO ``[3, 3, c_in, c_out]``, biases ``[c_out]``; parameters are named
+  after the layers: ``params["conv3_2"]["kernel"]``.
+* Layers are named ``conv{block}_{i}``, ``relu{block}_{i}`` and ``pool{block}``. Pooling is 2x2 with
+  stride 2 and VALID padding (odd sizes drop the last row/column), max or average.
+* Only the layers up to the deepest requested tap are computed.
+
+The model does no I/O; weights are read by :mod:`segstyle_jax.weights`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Convolutions per block, torchvision's configurations "D" (vgg16) and "E" (vgg19).
+_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+_WIDTHS = (64, 128, 256, 512, 512)
+
+ARCHITECTURES = tuple(_BLOCKS)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in _BLOCKS:
+        raise ValueError(f"unknown VGG architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def layer_names(arch: str) -> tuple[str, ...]:
+    """All layer names of ``arch`` in forward order, e.g. ``('conv1_1', 'relu1_1', ..., 'pool5')``."""
+    _check_arch(arch)
+    names = []
+    for block, n_conv in enumerate(_BLOCKS[arch], start=1):
+        for i in range(1, n_conv + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return tuple(names)
+
+
+def conv_names(arch: str) -> tuple[str, ...]:
+    """Names of the convolutions of ``arch`` in order (13 for vgg16, 16 for vgg19)."""
+    return tuple(n for n in layer_names(arch) if n.startswith("conv"))
+
+
+def conv_shapes(arch: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``{conv name: (kernel shape HWIO, bias shape)}`` for ``arch``."""
+    _check_arch(arch)
+    shapes, c_in = {}, 3
+    for block, n_conv in enumerate(_BLOCKS[arch], start=1):
+        c_out = _WIDTHS[block - 1]
+        for i in range(1, n_conv + 1):
+            shapes[f"conv{block}_{i}"] = ((3, 3, c_in, c_out), (c_out,))
+            c_in = c_out
+    return shapes
+
+
+def torchvision_feature_indices(arch: str) -> dict[str, int]:
+    """``{conv name: index N}`` of the convolutions in torchvision's ``vgg.features[N]``."""
+    index, out = 0, {}
+    for name in layer_names(arch):
+        if name.startswith("conv"):
+            out[name] = index
+        index += 1
+    return out
+
+
+def tap_block(tap: str) -> int:
+    """Block number (1..5) of a layer name: ``'relu4_2'`` -> 4, ``'pool1'`` -> 1."""
+    match = re.fullmatch(r"(?:conv|relu)([1-5])_[1-4]|pool([1-5])", tap)
+    if match is None:
+        raise ValueError(f"{tap!r} is not a VGG layer name (conv<b>_<i>, relu<b>_<i> or pool<b>)")
+    return int(match.group(1) or match.group(2))
+
+
+def tap_channels(arch: str, tap: str) -> int:
+    """Number of channels of layer ``tap`` (``'relu4_2'`` -> 512)."""
+    if tap not in layer_names(arch):
+        raise ValueError(f"{tap!r} is not a layer of {arch}; layers are {', '.join(layer_names(arch))}")
+    return _WIDTHS[tap_block(tap) - 1]
+
+
+class VGG(nn.Module):
+    """VGG feature extractor returning ``{tap: activations}``.
+
+    Attributes:
+      arch: ``'vgg16'`` or ``'vgg19'``.
+      taps: layer names to return, e.g. ``('relu1_1', 'relu2_1', 'relu4_2')``.
+      pooling: ``'max'`` (torchvision) or ``'avg'`` (Gatys et al. prefer it for synthesis).
+      mean, std: per-channel preprocessing applied to the [0, 1] RGB input.
+
+    ``__call__(x)``: ``x`` is ``[N, h, w, 3]`` or ``[h, w, 3]`` RGB in [0, 1]; returns a dict
+    mapping each tap to ``[N, h_l, w_l, c_l]`` (or ``[h_l, w_l, c_l]``), where
+    ``h_l = h // 2**(block - 1)``.
+    """
+
+    arch: str = "vgg16"
+    taps: tuple[str, ...] = ("relu4_2",)
+    pooling: Literal["max", "avg"] = "max"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @nn.compact
+    def __call__(self, x):
+        names = layer_names(self.arch)
+        unknown = [t for t in self.taps if t not in names]
+        if unknown or not self.taps:
+            raise ValueError(f"unknown taps {unknown} for {self.arch}; layers are {', '.join(names)}")
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x[None]
+        if x.shape[-1] != 3:
+            raise ValueError(f"expected RGB images [N, h, w, 3], got shape {x.shape}")
+
+        x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        deepest = max(names.index(t) for t in self.taps)
+        shapes = conv_shapes(self.arch)
+        out = {}
+        for name in names[: deepest + 1]:
+            if name.startswith("conv"):
+                x = nn.Conv(shapes[name][0][-1], (3, 3), padding=((1, 1), (1, 1)), name=name)(x)
+            elif name.startswith("relu"):
+                x = nn.relu(x)
+            else:
+                pool = nn.max_pool if self.pooling == "max" else nn.avg_pool
+                x = pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            if name in self.taps:
+                out[name] = x[0] if unbatched else x
+        return out

@@ -1,0 +1,61 @@
+"""The Flax VGG against a torchvision-identical torch VGG, through the converter, layer by layer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from segstyle_jax import vgg  # noqa: E402
+from segstyle_jax.convert import convert_torch_file  # noqa: E402
+from segstyle_jax.weights import load_weights  # noqa: E402
+from torch_vgg import TorchVGG, layer_outputs  # noqa: E402
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
+
+
+@pytest.mark.parametrize("arch,pooling", [("vgg16", "max"), ("vgg19", "max"), ("vgg19", "avg")])
+def test_every_layer_matches_torch(tmp_path, arch, pooling):
+    torch.manual_seed(0)
+    model = TorchVGG(arch, pooling).eval()
+    pth = tmp_path / f"{arch}.pth"
+    torch.save(model.state_dict(), pth)
+    weights = load_weights(convert_torch_file(pth, tmp_path / f"{arch}.npz"))
+    assert weights.arch == arch
+
+    names = list(vgg.layer_names(arch))
+    x = np.random.default_rng(1).uniform(0, 1, (2, 36, 44, 3)).astype(np.float32)
+    mean, std = np.array(vgg.IMAGENET_MEAN, np.float32), np.array(vgg.IMAGENET_STD, np.float32)
+    with torch.no_grad():
+        ref = layer_outputs(model, torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2)), names)
+    with jax.default_matmul_precision("highest"):
+        ours = jax.jit(weights.model(tuple(names), pooling).apply)(weights.variables(), jnp.asarray(x))
+    assert set(ours) == set(names)
+    for name in names:
+        expected = ref[name].numpy().transpose(0, 2, 3, 1)
+        assert ours[name].shape == expected.shape, name
+        assert rel_err(ours[name], expected) < 1e-4, name
+
+
+def test_computes_only_up_to_the_deepest_tap(tmp_path):
+    torch.manual_seed(0)
+    pth = tmp_path / "vgg16.pth"
+    torch.save(TorchVGG("vgg16").state_dict(), pth)
+    weights = load_weights(convert_torch_file(pth, tmp_path / "w.npz"))
+    model = weights.model(("relu2_1", "relu1_2"))
+    jaxpr = jax.make_jaxpr(model.apply)(weights.variables(), jnp.zeros((1, 16, 16, 3)))
+    n_conv = sum(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.jaxpr.eqns)
+    assert n_conv == 3  # conv1_1, conv1_2, conv2_1 and nothing deeper
+    out = model.apply(weights.variables(), jnp.zeros((16, 16, 3)))  # unbatched input
+    assert out["relu1_2"].shape == (16, 16, 64) and out["relu2_1"].shape == (8, 8, 128)
+
+
+def test_unknown_tap_is_an_error():
+    with pytest.raises(ValueError, match="relu6_1"):
+        vgg.VGG("vgg16", taps=("relu6_1",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="relu5_4"):  # vgg16 has three convolutions in block 5
+        vgg.VGG("vgg16", taps=("relu5_4",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
