@@ -1,0 +1,384 @@
+"""The Python API: :func:`stylize` turns a photo, its segments and their styles into a stylized image.
+
+Everything is validated on the host before any compute: images readable, the segmentation the
+size of the content image, every segment with a style and every style with a segment, weights
+that match their counts. Then the content and masks are resized to the working size (longest
+side ``size``), the targets are computed once, and the compiled update step runs ``steps`` times
+(at each scale of ``scales``, coarse to fine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segstyle_jax import engine, images as images_lib, masks as masks_lib, metrics as metrics_lib
+from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
+from segstyle_jax.weights import VGGWeights, resolve_weights
+
+# Loss weights that work on real photos with the default VGG16 (see README, "Choosing weights").
+DEFAULT_WEIGHTS = {"content": 1.0, "style": 1e3, "tv": 10.0}
+
+
+@dataclass
+class Progress:
+    """Passed to the ``callback`` of :func:`stylize` after every step."""
+
+    scale_index: int
+    num_scales: int
+    step: int
+    steps: int
+    loss: float
+    terms: dict
+    _image: Callable[[], np.ndarray]
+
+    def image(self) -> np.ndarray:
+        """The current image ``[h, w, 3]`` in [0, 1] (multipass: already composited)."""
+        return self._image()
+
+
+@dataclass
+class Result:
+    """What :func:`stylize` returns.
+
+    Attributes:
+      image: ``[h, w, 3]`` float32 in [0, 1].
+      approach: the approach used.
+      segmentation: the segmentation at the output size.
+      losses: total loss per step (all scales, in order).
+      terms: per step ``content``, ``style``, ``tv`` and ``per_segment``.
+      metrics: quality metrics (:mod:`segstyle_jax.metrics`) or ``None``.
+      images: multipass only, the ``K`` uncomposited images ``[K, h, w, 3]``.
+      compile_seconds, step_seconds: timings of the compiled step.
+      stopped: ``"completed"`` or why the run stopped early.
+    """
+
+    image: np.ndarray
+    approach: str
+    segmentation: masks_lib.Segmentation
+    losses: list[float]
+    terms: list[dict]
+    metrics: dict | None = None
+    images: np.ndarray | None = None
+    compile_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    stopped: str = "completed"
+
+    def save(self, path) -> os.PathLike:
+        """Write the image atomically (PNG or JPEG by suffix)."""
+        return images_lib.save_image(path, self.image)
+
+
+# ----------------------------------------------------------------------------------------------
+# input normalisation
+
+
+def as_segmentation(segments, content_hw: tuple[int, int]) -> masks_lib.Segmentation:
+    """A :class:`~segstyle_jax.masks.Segmentation`, a label-map array, a mask file, or a list of
+    grayscale mask files -> a validated segmentation of the content image's size."""
+    if isinstance(segments, masks_lib.Segmentation):
+        seg = segments
+    elif isinstance(segments, np.ndarray) and segments.ndim == 2:
+        seg = masks_lib.from_label_map(segments)
+    elif isinstance(segments, np.ndarray) and segments.ndim == 3:
+        seg = masks_lib.from_soft_masks(segments)
+    elif isinstance(segments, (str, os.PathLike, list, tuple)):
+        seg = masks_lib.load_segmentation(segments)
+    else:
+        raise TypeError(f"segments must be a Segmentation, a label map, or mask file(s); got {type(segments).__name__}")
+    masks_lib.validate(seg, content_hw)
+    return seg
+
+
+def _style_parts(label: str, spec) -> list[tuple[Any, float, Any]]:
+    """One segment's style spec -> ``[(image source, weight, region or None), ...]``.
+
+    A spec is an image (path, array, PIL), or a list of ``(image, weight)`` / ``(image, weight,
+    region)`` for a blend of several styles within the segment."""
+    if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], (list, tuple)):
+        parts = []
+        for part in spec:
+            if len(part) not in (2, 3):
+                raise ValueError(f"style blend for segment {label!r}: use (image, weight) or (image, weight, region)")
+            parts.append((part[0], float(part[1]), part[2] if len(part) == 3 else None))
+        if any(w < 0 or not math.isfinite(w) for _, w, _ in parts) or sum(w for _, w, _ in parts) <= 0:
+            raise ValueError(f"style blend weights for segment {label!r} must be >= 0 and sum to more than 0")
+        return parts
+    return [(spec, 1.0, None)]
+
+
+def _source_key(src) -> Any:
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else id(src)
+
+
+def _source_name(src, index: int) -> str:
+    return os.path.basename(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else f"style{index}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the API
+
+
+def stylize(
+    content,
+    segments,
+    styles: Mapping[str, Any],
+    approach: str = "blended",
+    *,
+    steps: int = 200,
+    size: int = 256,
+    scales: Sequence[float] = (1.0,),
+    content_weight: float = DEFAULT_WEIGHTS["content"],
+    style_weight: float = DEFAULT_WEIGHTS["style"],
+    tv_weight: float = DEFAULT_WEIGHTS["tv"],
+    segment_weights: Mapping[str, float] | None = None,
+    style_layers: Sequence[str] = DEFAULT_STYLE_TAPS,
+    layer_weights: Sequence[float] | None = None,
+    content_layers: Sequence[str] = DEFAULT_CONTENT_TAPS,
+    gamma: float = 0.8,
+    rho: float = 8.0,
+    regions: Mapping[str, Any] | None = None,
+    init: Any = "content",
+    seed: int = 0,
+    optimizer: str = "adam",
+    learning_rate: float = 0.02,
+    style_scale: float = 1.0,
+    pooling: str = "max",
+    preserve_color: bool | Sequence[str] = False,
+    feather_px: float = 0.0,
+    weights: VGGWeights | str | os.PathLike | None = None,
+    compute_metrics: bool = True,
+    band_px: float | None = None,
+    callback: Callable[[Progress], None] | None = None,
+) -> Result:
+    """Stylize ``content`` with one style per segment.
+
+    Args:
+      content: the photo (path, PIL image, or ``[h, w, 3]`` array in [0, 1] / uint8).
+      segments: a :class:`~segstyle_jax.masks.Segmentation`, an integer label map ``[h, w]``, a
+        mask file (label PNG), or a list of grayscale mask files; the content image's size.
+      styles: segment label -> style image, or -> ``[(image, weight), ...]`` to blend styles.
+      approach: ``multipass``, ``blended``, ``locality`` or ``localized`` (see README).
+      steps: optimizer steps at each scale.
+      size: longest side of the output in pixels.
+      scales: coarse-to-fine schedule as fractions of ``size`` (e.g. ``(0.5, 1.0)``); each scale
+        starts from the previous result, upsampled.
+      content_weight, style_weight, tv_weight: ``alpha``, ``beta``, ``tau``.
+      segment_weights: label -> ``w_k`` (default 1 each).
+      style_layers, layer_weights: style taps and their ``lambda_l`` (default 1 each).
+      content_layers: content taps.
+      gamma, rho: locality strength in [0, 1] and width in pixels (``locality``, ``localized``).
+      regions: label -> mask ``[hs, ws]`` on that segment's style image (``localized``): take the
+        style from this part of the painting. Masks may be arrays or grayscale image files.
+      init: ``"content"``, ``"noise"``, or an image.
+      seed: random seed for noise init (the same seed gives the same output).
+      optimizer, learning_rate: ``adam`` (with its step size, in [0, 1] RGB units) or ``lbfgs``.
+      style_scale: style images are resized to ``style_scale * size`` on their longest side.
+      pooling: ``max`` or ``avg``.
+      preserve_color: ``True`` or a list of labels: keep the content's colours (luminance-only
+        transfer) in those segments.
+      feather_px: multipass only, Gaussian feathering of the compositing masks (pixels).
+      weights: VGG weights (a :class:`~segstyle_jax.weights.VGGWeights`, a weight file path, or
+        ``None`` for the default VGG16).
+      compute_metrics: also compute :mod:`segstyle_jax.metrics` on the result.
+      band_px: boundary band width for the leakage metric (default ``size / 32``, at least 2).
+      callback: called with a :class:`Progress` after every step.
+    """
+    if approach not in APPROACHES:
+        raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not scales or any(not 0 < s <= 1 for s in scales):
+        raise ValueError(f"scales must be fractions in (0, 1], got {scales}")
+    if style_scale <= 0:
+        raise ValueError(f"style_scale must be > 0, got {style_scale}")
+
+    # --- read and validate everything before any compute ---
+    content_image = images_lib.load_image(content)
+    seg = as_segmentation(segments, content_image.shape[:2])
+    missing = [label for label in seg.labels if label not in styles]
+    extra = [label for label in styles if label not in seg.labels]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"segments without a style: {', '.join(missing)}")
+        if extra:
+            problems.append(f"styles for labels not in the segmentation: {', '.join(map(str, extra))}")
+        raise ValueError("; ".join(problems) + f" (segment labels are {', '.join(seg.labels)})")
+    segment_weights = dict(segment_weights or {})
+    unknown = [label for label in segment_weights if label not in seg.labels]
+    if unknown:
+        raise ValueError(f"segment weights for labels not in the segmentation: {', '.join(map(str, unknown))}")
+    regions = dict(regions or {})
+    unknown = [label for label in regions if label not in seg.labels]
+    if unknown:
+        raise ValueError(f"style regions for labels not in the segmentation: {', '.join(map(str, unknown))}")
+    if regions and approach != "localized":
+        raise ValueError(f"style regions are used by the 'localized' approach, not {approach!r}")
+
+    sources, style_index, segment_parts = [], {}, []
+    for label in seg.labels:
+        parts = []
+        for src, w, region in _style_parts(label, styles[label]):
+            key = _source_key(src)
+            if key not in style_index:
+                style_index[key] = len(sources)
+                sources.append(src)
+            if region is None and label in regions and len(_style_parts(label, styles[label])) == 1:
+                region = regions[label]
+            parts.append((style_index[key], w, region))
+        segment_parts.append(parts)
+    style_originals = [images_lib.load_image(s) for s in sources]
+    style_names = [_source_name(s, i) for i, s in enumerate(sources)]
+    own_style = [max(parts, key=lambda p: p[1])[0] for parts in segment_parts]
+    region_originals = {}
+    for k, parts in enumerate(segment_parts):
+        for j, (index, _, region) in enumerate(parts):
+            if region is not None:
+                r = _load_region(region, style_originals[index].shape[:2], seg.labels[k])
+                region_originals[(k, j)] = r
+    init_image = None if isinstance(init, str) else images_lib.load_image(init)
+    if isinstance(init, str) and init not in ("content", "noise"):
+        raise ValueError(f"init must be 'content', 'noise' or an image; got {init!r}")
+    vgg_weights = resolve_weights(weights)
+    keep_color = _keep_color_flags(preserve_color, seg.labels)
+
+    # --- coarse to fine ---
+    all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
+    current, stopped = None, "completed"
+    out_hw = images_lib.resize_longest(content_image, size).shape[:2]
+    for si, scale in enumerate(scales):
+        longest = max(16, round(size * scale))
+        content_s = images_lib.resize_longest(content_image, longest)
+        hw = content_s.shape[:2]
+        seg_s = masks_lib.resize_segmentation(seg, hw)
+        for k, label in enumerate(seg_s.labels):
+            if (seg_s.masks[k] >= 0.5).sum() == 0:
+                raise ValueError(f"segment {label!r} vanishes at {hw[1]}x{hw[0]} px; use a larger size")
+        config = StepConfig(approach, hw[0], hw[1], seg.num_segments, tuple(style_layers), tuple(content_layers),
+                            pooling=pooling, optimizer=optimizer, learning_rate=learning_rate)
+        model = vgg_weights.model(config.taps, pooling)
+        style_model = vgg_weights.model(config.style_taps, pooling)
+        style_long = max(16, round(style_scale * longest))
+        styles_s = [images_lib.resize_longest(s, style_long) for s in style_originals]
+        seg_styles = []
+        for k, parts in enumerate(segment_parts):
+            seg_parts = []
+            for j, (index, w, _) in enumerate(parts):
+                region = region_originals.get((k, j))
+                if region is not None:
+                    region = _resize_mask(region, styles_s[index].shape[:2])
+                seg_parts.append((index, w, region))
+            seg_styles.append(engine.SegmentStyle(tuple(seg_parts)))
+        style_targets = engine.segment_targets(style_model, vgg_weights.params, styles_s, seg_styles)
+        targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
+        loss_weights = LossWeights.create(
+            config, content=content_weight, style=style_weight, tv=tv_weight,
+            segments=[segment_weights.get(label, 1.0) for label in seg.labels],
+            layers=layer_weights, gamma=gamma, rho=rho)
+
+        if current is not None:
+            start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
+                else images_lib.resize_to(current, hw)
+        elif init_image is not None:
+            start = images_lib.resize_to(init_image, hw)
+        elif init == "noise":
+            start = np.asarray(engine.noise_image(jax.random.key(seed), (*hw, 3)))
+        else:
+            start = content_s
+        if approach == "multipass" and start.ndim == 3:
+            start = np.broadcast_to(start, (config.num_images, *hw, 3))
+
+        init_fn, update = engine.make_update_fn(config, model)
+        state = init_fn(start)
+
+        def on_step(step, info, state, si=si, seg_s=seg_s):
+            if callback is not None:
+                callback(Progress(si, len(scales), step, steps, info["loss"], info,
+                                  lambda: _final_image(state, approach, seg_s.masks, feather_px)))
+
+        state, log = engine.optimize(update, state, vgg_weights.params, targets, loss_weights, steps, on_step)
+        all_losses += log.losses
+        all_terms += log.terms
+        step_seconds += log.step_seconds
+        compile_seconds += log.compile_seconds
+        current = np.asarray(state.image)
+        if log.stopped != "completed":
+            stopped = log.stopped
+            break
+
+    seg_out = masks_lib.resize_segmentation(seg, current.shape[-3:-1])
+    image = _final_image_from(current, approach, seg_out.masks, feather_px)
+    if current.shape[-3:-1] != out_hw:  # stopped early at a coarse scale
+        image = images_lib.resize_to(image, out_hw)
+        seg_out = masks_lib.resize_segmentation(seg, out_hw)
+    if any(keep_color):
+        image = images_lib.preserve_color(image, images_lib.resize_to(content_image, out_hw), seg_out.masks, keep_color)
+    result = Result(image=image, approach=approach, segmentation=seg_out, losses=all_losses, terms=all_terms,
+                    images=current if approach == "multipass" else None, compile_seconds=compile_seconds,
+                    step_seconds=step_seconds, stopped=stopped)
+    if compute_metrics:
+        result.metrics = quality(result, content_image, style_originals, style_names, own_style, vgg_weights,
+                                 style_layers, content_layers, layer_weights, pooling, style_scale, band_px)
+    return result
+
+
+def quality(result: Result, content_image, style_images, style_names, own_style, vgg_weights: VGGWeights,
+            style_layers=DEFAULT_STYLE_TAPS, content_layers=DEFAULT_CONTENT_TAPS, layer_weights=None,
+            pooling: str = "max", style_scale: float = 1.0, band_px: float | None = None) -> dict:
+    """:func:`segstyle_jax.metrics.evaluate` on a result, at the result's size."""
+    hw = result.image.shape[:2]
+    longest = max(hw)
+    band_px = band_px if band_px is not None else max(2.0, longest / 32)
+    taps = tuple(style_layers) + tuple(t for t in content_layers if t not in style_layers)
+    style_long = max(16, round(style_scale * longest))
+    return metrics_lib.evaluate(
+        vgg_weights.model(taps, pooling), vgg_weights.params, result.image, images_lib.resize_to(content_image, hw),
+        result.segmentation.masks, result.segmentation.labels,
+        [images_lib.resize_longest(s, style_long) for s in style_images], style_names, own_style,
+        style_layers, content_layers, layer_weights, band_px)
+
+
+def _final_image(state: engine.State, approach: str, seg_masks, feather_px: float) -> np.ndarray:
+    return _final_image_from(np.asarray(state.image), approach, seg_masks, feather_px)
+
+
+def _final_image_from(image: np.ndarray, approach: str, seg_masks, feather_px: float) -> np.ndarray:
+    if approach != "multipass":
+        return np.asarray(image, np.float32)
+    m = masks_lib.feather(seg_masks, feather_px) if feather_px > 0 else seg_masks
+    return np.asarray(engine.composite(image, m))
+
+
+def _keep_color_flags(preserve_color, labels) -> list[bool]:
+    if isinstance(preserve_color, bool):
+        return [preserve_color] * len(labels)
+    unknown = [label for label in preserve_color if label not in labels]
+    if unknown:
+        raise ValueError(f"preserve_color names labels not in the segmentation: {', '.join(unknown)}")
+    return [label in preserve_color for label in labels]
+
+
+def _load_region(region, style_hw, label: str) -> np.ndarray:
+    if isinstance(region, (str, os.PathLike)):
+        region = images_lib.luminance(images_lib.load_image(region))
+    region = np.asarray(region)
+    region = region.astype(np.float32) / 255.0 if region.dtype == np.uint8 else region.astype(np.float32)
+    if not np.isfinite(region).all() or region.min() < 0 or region.max() > 1:
+        raise ValueError(f"style region for segment {label!r} must be in [0, 1] (or uint8)")
+    if region.shape != tuple(style_hw):
+        raise ValueError(f"style region for segment {label!r} is {region.shape[1]}x{region.shape[0]}, "
+                         f"its style image is {style_hw[1]}x{style_hw[0]}")
+    if (region >= 0.5).sum() == 0:
+        raise ValueError(f"style region for segment {label!r} is empty")
+    return region
+
+
+def _resize_mask(mask: np.ndarray, hw) -> np.ndarray:
+    return masks_lib.resize_segmentation(masks_lib.Segmentation(np.stack([mask, 1 - mask]), ("r", "rest")), hw).masks[0]

@@ -1,0 +1,324 @@
+"""The compiled engine: targets computed once, one jitted update step, and the host loop around it.
+
+Data flow (shapes for ``K`` segments, image ``[h, w, 3]``, tap ``l`` of ``[h_l, w_l, c_l]``):
+
+    style images --style_grams--> per-segment targets A_k^l [K, c_l, c_l]   (once)
+    content image --model--> content features P_l [h_l, w_l, c_l]           (once)
+    make_update_fn(config, model) -> update(state, params, targets, weights) (jit, state donated)
+        VGG forward once (K images for multipass), locality-weighted masks, layer masks for every
+        segment, masked Grams vmapped over segments, content, TV, value_and_grad w.r.t. the image
+        only, the optax update, clipping to [0, 1].
+    optimize(...) runs the step ``steps`` times from Python (the safe default measured in
+        DESIGN.md section 6), reports progress, and stops on a non-finite loss keeping the last
+        finite image.
+
+Approaches (``StepConfig.approach``):
+
+* ``multipass``: ``K`` independent images ``x_k`` with the unmasked Gram against segment ``k``'s
+  style, optimized as one batched program (VGG on ``[K, h, w, 3]``, losses vmapped over ``k``);
+  composited by the masks afterwards (:func:`composite`).
+* ``blended``: one image, masked Gram per segment against whole-style targets.
+* ``locality``: ``blended`` with masks ``M_k (1 - gamma exp(-d_k / rho))`` before pooling.
+* ``localized``: like ``locality`` (``gamma = 0`` turns it off) but the targets come from regions
+  of the style images (``R_k``); that difference lives entirely in the targets.
+
+Style blends: a segment's target is the weighted mean of its styles' Grams. With weights summing to
+one, ``sum_j b_j ||G - A_j||^2 = ||G - sum_j b_j A_j||^2 + const``, so this has the same gradient
+as blending the losses (what neural-style does) at the cost of one Gram.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from segstyle_jax import losses, masks as masks_lib
+from segstyle_jax.config import LossWeights, StepConfig
+from segstyle_jax.vgg import VGG
+
+
+@flax.struct.dataclass
+class Targets:
+    """Everything the loss compares against, computed once (traced arrays, never recompiled).
+
+    Attributes:
+      content: tap -> ``[h_l, w_l, c_l]`` content features.
+      style: tap -> ``[K, c_l, c_l]`` target Gram of each segment.
+      masks: ``[K, h, w]`` segment masks (sum to 1 per pixel).
+      dist: ``[K, h, w]`` distance of each pixel to the outside of its segment (pixels).
+    """
+
+    content: dict
+    style: dict
+    masks: jax.Array
+    dist: jax.Array
+
+
+@flax.struct.dataclass
+class State:
+    """Optimization state: ``image`` is ``[h, w, 3]`` (``[K, h, w, 3]`` for multipass)."""
+
+    image: jax.Array
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# targets (computed once, outside the hot loop)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _features(model: VGG, params, image):
+    return model.apply({"params": params}, image)
+
+
+def content_features(model: VGG, params, content, content_taps: Sequence[str]) -> dict:
+    """``{tap: [h_l, w_l, c_l]}`` of the content image ``[h, w, 3]``."""
+    feats = _features(model, params, jnp.asarray(content, jnp.float32))
+    return {t: feats[t] for t in content_taps}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _region_grams(model: VGG, params, image, regions):
+    feats = model.apply({"params": params}, image)
+    region_layers = jax.vmap(lambda r: masks_lib.layer_masks(r, model.taps))(regions)  # tap -> [J, h_l, w_l]
+    return {tap: jax.vmap(lambda m, f=feats[tap]: losses.masked_gram(f, m)[0])(region_layers[tap])
+            for tap in model.taps}
+
+
+def style_grams(model: VGG, params, style, regions=None) -> dict:
+    """Masked Grams of one style image ``[hs, ws, 3]`` under ``regions`` ``[J, hs, ws]``.
+
+    Returns tap -> ``[J, c, c]``; ``regions=None`` means one region, the whole image (``J = 1``),
+    which gives the plain Gram. ``model.taps`` must be the style taps.
+    """
+    style = jnp.asarray(style, jnp.float32)
+    if regions is None:
+        regions = jnp.ones((1,) + style.shape[:2], jnp.float32)
+    regions = jnp.asarray(regions, jnp.float32)
+    if regions.shape[1:] != style.shape[:2]:
+        raise ValueError(f"style region masks are {regions.shape[1:]}, style image is {style.shape[:2]}")
+    return _region_grams(model, params, style, regions)
+
+
+@dataclass(frozen=True)
+class SegmentStyle:
+    """What one segment should look like: a blend of ``(style index, weight, region mask or None)``."""
+
+    parts: tuple[tuple[int, float, np.ndarray | None], ...]
+
+
+def segment_targets(model: VGG, params, style_images: Sequence[np.ndarray],
+                    segment_styles: Sequence[SegmentStyle]) -> dict:
+    """Per-segment target Grams ``{tap: [K, c, c]}``: the weighted mean of the (region) Grams of
+    each segment's styles, weights normalized to sum 1."""
+    per_segment = []
+    cache: dict[int, dict] = {}
+    for seg in segment_styles:
+        total = sum(w for _, w, _ in seg.parts)
+        if total <= 0:
+            raise ValueError("a segment's style weights must sum to a positive number")
+        acc = None
+        for index, weight, region in seg.parts:
+            if region is None:
+                if index not in cache:
+                    cache[index] = {t: g[0] for t, g in style_grams(model, params, style_images[index]).items()}
+                grams = cache[index]
+            else:
+                grams = {t: g[0] for t, g in style_grams(model, params, style_images[index], region[None]).items()}
+            scaled = {t: g * (weight / total) for t, g in grams.items()}
+            acc = scaled if acc is None else {t: acc[t] + scaled[t] for t in acc}
+        per_segment.append(acc)
+    return {t: jnp.stack([s[t] for s in per_segment]) for t in per_segment[0]}
+
+
+def make_targets(config: StepConfig, model: VGG, params, content, seg_masks, style_targets) -> Targets:
+    """Bundle content features, style targets, masks and their distance transform (host, once)."""
+    seg_masks = np.asarray(seg_masks, np.float32)
+    expected = (config.num_segments, config.height, config.width)
+    if seg_masks.shape != expected:
+        raise ValueError(f"masks have shape {seg_masks.shape}, config expects {expected}")
+    dist = masks_lib.distance_to_outside(seg_masks) if config.use_locality else np.zeros_like(seg_masks)
+    content_model = model.clone(taps=config.content_taps)
+    return Targets(content=content_features(content_model, params, content, config.content_taps),
+                   style=dict(style_targets), masks=jnp.asarray(seg_masks), dist=jnp.asarray(dist))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss
+
+
+def _layer_weight_dict(config: StepConfig, weights: LossWeights) -> dict:
+    return {t: weights.layers[i] for i, t in enumerate(config.style_taps)}
+
+
+def _content_term(config: StepConfig, feats: dict, targets: Targets):
+    return sum(losses.content_loss(feats[t], targets.content[t]) for t in config.content_taps) / len(config.content_taps)
+
+
+def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targets, weights: LossWeights):
+    """Loss of the one-image approaches (``blended``, ``locality``, ``localized``).
+
+    ``image`` ``[h, w, 3]`` -> ``(total, terms)``; ``terms`` holds ``content``, ``style``, ``tv``
+    and ``per_segment`` ``[K]`` (unweighted ``sum_l lambda_l E_k^l``).
+    """
+    feats = model.apply({"params": params}, image)
+    seg_masks = targets.masks
+    if config.use_locality:
+        seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
+    layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, config.style_taps))(seg_masks)
+    per_segment = jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(
+        feats, layer_masks, targets.style, _layer_weight_dict(config, weights))
+    terms = {"content": _content_term(config, feats, targets),
+             "style": jnp.sum(weights.segments * per_segment),
+             "tv": losses.total_variation(image),
+             "per_segment": per_segment}
+    total = weights.content * terms["content"] + weights.style * terms["style"] + weights.tv * terms["tv"]
+    return total, terms
+
+
+def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targets, weights: LossWeights):
+    """Loss of ``multipass``: ``images`` ``[K, h, w, 3]``, image ``k`` against segment ``k``'s style
+    with the unmasked Gram. The K objectives are independent, so the gradient of their sum is each
+    image's own gradient. Returns ``(total, terms)`` like :func:`one_image_loss`."""
+    feats = model.apply({"params": params}, images)  # one batched VGG pass over the K images
+    layer_weights = _layer_weight_dict(config, weights)
+
+    def per_image(f, style_k):
+        style = sum(layer_weights[t] * losses.style_error(losses.gram(f[t]), style_k[t]) for t in config.style_taps)
+        return _content_term(config, f, targets), style
+
+    content, per_segment = jax.vmap(per_image)(feats, targets.style)
+    tv = jax.vmap(losses.total_variation)(images)
+    terms = {"content": jnp.mean(content), "style": jnp.sum(weights.segments * per_segment),
+             "tv": jnp.mean(tv), "per_segment": per_segment}
+    total = jnp.sum(weights.content * content + weights.style * weights.segments * per_segment + weights.tv * tv)
+    return total, terms
+
+
+# ----------------------------------------------------------------------------------------------
+# the update step
+
+
+def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
+    """``optax.adam(learning_rate)`` or ``optax.lbfgs`` (zoom line search) from the config."""
+    if config.optimizer == "adam":
+        return optax.adam(config.learning_rate)
+    return optax.lbfgs(memory_size=config.lbfgs_memory)
+
+
+def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTransformation | None = None):
+    """Build ``(init, update)`` for ``config``.
+
+    ``init(image) -> State``. ``update(state, params, targets, weights) -> (state, info)`` is one
+    ``jax.jit`` program (``state`` donated) computing the loss and its gradient with respect to the
+    image only, the optax update and the clip to [0, 1]. ``info`` has ``loss`` (at the image before
+    the update), the loss terms, ``grad_norm`` and ``finite``; when the loss or the new image is not
+    finite, the state keeps the old image, so the last good image is never lost.
+    """
+    if tuple(model.taps) != config.taps:
+        raise ValueError(f"model taps {model.taps} differ from the config's {config.taps}")
+    optimizer = optimizer or make_optimizer(config)
+    loss = multipass_loss if config.approach == "multipass" else one_image_loss
+
+    def init(image) -> State:
+        image = jnp.asarray(image, jnp.float32)
+        expected = (config.num_images, config.height, config.width, 3) if config.approach == "multipass" \
+            else (config.height, config.width, 3)
+        if image.shape != expected:
+            raise ValueError(f"initial image has shape {image.shape}, expected {expected}")
+        state = State(image=image, opt_state=optimizer.init(image), step=jnp.zeros((), jnp.int32))
+        # Fresh buffers for every leaf: optimizer states may share arrays, which donation forbids.
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def update(state: State, params, targets: Targets, weights: LossWeights):
+        def objective(x):
+            return loss(config, model, x, params, targets, weights)
+
+        (value, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
+        if config.optimizer == "lbfgs":
+            updates, opt_state = optimizer.update(grad, state.opt_state, state.image, value=value, grad=grad,
+                                                  value_fn=lambda x: objective(x)[0])
+        else:
+            updates, opt_state = optimizer.update(grad, state.opt_state, state.image)
+        image = optax.apply_updates(state.image, updates)
+        if config.clip:
+            image = jnp.clip(image, 0.0, 1.0)
+        finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(image))
+        new_state = State(image=jnp.where(finite, image, state.image),
+                          opt_state=jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state),
+                          step=state.step + 1)
+        info = {"loss": value, "grad_norm": jnp.sqrt(jnp.sum(grad * grad)), "finite": finite, **terms}
+        return new_state, info
+
+    return init, update
+
+
+# ----------------------------------------------------------------------------------------------
+# the host loop
+
+
+@dataclass
+class RunLog:
+    """What :func:`optimize` observed: per-step loss terms, timings and why it stopped."""
+
+    losses: list[float] = field(default_factory=list)
+    terms: list[dict] = field(default_factory=list)
+    compile_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    stopped: str = "completed"
+
+
+def optimize(update, state: State, params, targets: Targets, weights: LossWeights, steps: int,
+             callback: Callable[[int, dict, State], None] | None = None) -> tuple[State, RunLog]:
+    """Run ``update`` ``steps`` times from Python.
+
+    ``callback(step, info, state)`` is called after every step with host floats in ``info``
+    (``step`` counts from 1). A non-finite loss stops the run; the returned state then holds the
+    last finite image and ``log.stopped`` says what happened.
+    """
+    log = RunLog()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        state, info = update(state, params, targets, weights)
+        info = jax.device_get(info)  # waits for the step; progress needs the loss anyway
+        elapsed = time.perf_counter() - t0
+        if i == 0:
+            log.compile_seconds = elapsed
+        else:
+            log.step_seconds.append(elapsed)
+        host = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in info.items()}
+        if not info["finite"]:
+            log.stopped = (f"non-finite loss ({host['loss']}) at step {i + 1}; kept the last finite image "
+                           f"(try smaller style/learning-rate weights)")
+            break
+        log.losses.append(host["loss"])
+        log.terms.append({k: host[k] for k in ("content", "style", "tv", "per_segment")})
+        if callback is not None:
+            callback(i + 1, host, state)
+    return state, log
+
+
+def composite(images, seg_masks) -> jax.Array:
+    """Multipass compositing: ``sum_k M_k * x_k`` for ``images`` ``[K, h, w, 3]`` and ``masks`` ``[K, h, w]``."""
+    return jnp.einsum("khw,khwc->hwc", jnp.asarray(seg_masks, jnp.float32), jnp.asarray(images, jnp.float32))
+
+
+def noise_image(key, shape, content=None, ratio: float = 1.0) -> jax.Array:
+    """Uniform noise in [0, 1] of ``shape``, mixed with ``content`` by ``ratio`` (1 = pure noise)."""
+    noise = jax.random.uniform(key, shape, jnp.float32)
+    return noise if content is None else ratio * noise + (1 - ratio) * jnp.broadcast_to(content, shape)
+
+
+def steps_per_second(log: RunLog) -> float:
+    return 1.0 / float(np.median(log.step_seconds)) if log.step_seconds else math.nan
