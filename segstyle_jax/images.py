@@ -20,12 +20,13 @@ Convention (stated here once; every other module refers to it):
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from segstyle_jax.atomic import atomic_write
 
 __all__ = [
     "ImageError",
@@ -208,12 +209,6 @@ def to_uint8(image) -> np.ndarray:
     return np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_image(path, image) -> Path:
     """Save ``image`` atomically to ``path`` (PNG or JPEG, from the suffix); return the path.
 
@@ -230,23 +225,10 @@ def save_image(path, image) -> Path:
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from exc
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot create folder: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path) as fh:
             Image.fromarray(pixels).save(fh, format=fmt)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, Exception):
-            raise ImageError(f"{path}: cannot write image: {exc}") from exc
-        raise
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot write image: {exc}") from exc
     return path
 
 

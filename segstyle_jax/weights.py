@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from segstyle_jax import vgg
+from segstyle_jax.atomic import atomic_write
 
 FORMAT = "segstyle_jax.vgg_weights"
 FORMAT_VERSION = 1
@@ -150,24 +150,9 @@ def save_weights(path: str | os.PathLike, params, metadata: dict) -> Path:
         raise WeightsError(f"{path}: metadata checksum does not match the arrays being saved")
     arrays = {f"{n}/{leaf}": np.asarray(v, np.float32) for n in params for leaf, v in params[n].items()}
     arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        _chmod_like_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
-
-
-def _chmod_like_new_file(path: str) -> None:
-    """mkstemp creates 0600 files; give the result the permissions a plain ``open`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def load_weights(path: str | os.PathLike) -> VGGWeights:
