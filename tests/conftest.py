@@ -2,5 +2,48 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as torch_vgg.py
+
+
+def random_vgg_params(arch: str = "vgg16", seed: int = 0) -> dict:
+    """He-initialised random VGG parameters (activations keep their scale through the layers)."""
+    from segstyle_jax import vgg
+
+    rng = np.random.default_rng(seed)
+    return {name: {"kernel": rng.normal(0, np.sqrt(2 / (9 * k[2])), k).astype(np.float32),
+                   "bias": rng.normal(0, 0.01, b).astype(np.float32)}
+            for name, (k, b) in vgg.conv_shapes(arch).items()}
+
+
+@pytest.fixture(scope="session")
+def random_weights():
+    """In-memory random VGG16 weights (VGGWeights), for fast mechanical tests."""
+    from segstyle_jax.weights import VGGWeights, make_metadata
+
+    params = random_vgg_params()
+    return VGGWeights(params=params, metadata=make_metadata("vgg16", params, {"kind": "random test weights"}))
+
+
+@pytest.fixture(scope="session")
+def random_weights_file(tmp_path_factory, random_weights):
+    from segstyle_jax.weights import save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "random_vgg16.npz"
+    return save_weights(path, random_weights.params, random_weights.metadata)
+
+
+@pytest.fixture(scope="session")
+def tiny_scene():
+    """A 40x48 synthetic photo, two half-plane segments, two distinct style images."""
+    rng = np.random.default_rng(0)
+    h, w = 40, 48
+    yy, xx = np.mgrid[:h, :w]
+    content = np.stack([xx / w, yy / h, 0.5 + 0.3 * np.sin(xx / 5)], -1).astype(np.float32)
+    labels = (xx > w // 2).astype(np.int32)
+    stripes = np.stack([(np.sin(np.mgrid[:32, :32][1] / 2) > 0)] * 3, -1).astype(np.float32)
+    noise = rng.uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    return {"content": content, "labels": labels, "styles": {"0": stripes, "1": noise}}

@@ -1,0 +1,79 @@
+"""The segstyle command line: outputs, frames, --compare, --metrics, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segstyle_jax.cli import main
+
+
+@pytest.fixture()
+def files(tmp_path, tiny_scene):
+    Image.fromarray((tiny_scene["content"] * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray(tiny_scene["labels"].astype(np.uint8)).save(tmp_path / "mask.png")
+    for label, style in tiny_scene["styles"].items():
+        Image.fromarray((style * 255).astype(np.uint8)).save(tmp_path / f"style{label}.png")
+    return tmp_path
+
+
+def base_args(d, weights_file, *extra):
+    return ["stylize", str(d / "photo.png"), "--segments", str(d / "mask.png"), "--style", f"0={d / 'style0.png'}",
+            "--style", f"1={d / 'style1.png'}", "--weights", str(weights_file), "--size", "40", "--steps", "4",
+            "--style-layers", "relu1_1", "relu2_1", "--content-layers", "relu2_2", *extra]
+
+
+def test_stylize_writes_image_frames_and_metrics(files, random_weights_file, capsys):
+    out = files / "out" / "result.png"
+    code = main(base_args(files, random_weights_file, "--output", str(out), "--metrics", str(files / "m.json"),
+                          "--save-every", "2", "--approach", "blended"))
+    assert code == 0
+    assert Image.open(out).size == (40, 33)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["result.png", "result.step0002.png", "result.step0004.png"]
+    report = json.loads((files / "m.json").read_text())
+    assert list(report) == ["blended"] and len(report["blended"]["losses"]) == 4
+    assert {"segments", "mean_separation", "mean_band_separation", "content_distance"} <= set(report["blended"]["metrics"])
+    err = capsys.readouterr().err
+    assert "step 4/4" in err and "loss" in err and "| blended |" in err
+
+
+def test_compare_writes_a_sheet_and_every_approach(files, random_weights_file):
+    out = files / "cmp.png"
+    assert main(base_args(files, random_weights_file, "--output", str(out), "--compare", "--steps", "2")) == 0
+    names = sorted(p.name for p in files.glob("cmp*.png"))
+    assert names == ["cmp.blended.png", "cmp.locality.png", "cmp.localized.png", "cmp.multipass.png", "cmp.png"]
+    sheet = Image.open(out)
+    assert sheet.size[0] > 5 * 40 and sheet.size[1] > 33  # five panels and a caption strip
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--segments", "MISSING.png"], "MISSING.png"),
+    (["--style", "2=STYLE0"], "styles for labels not in the segmentation: 2"),
+    (["--init", "nothere.png"], "nothere.png: file not found"),
+    (["--gamma", "3"], "gamma must be in [0, 1]"),
+    (["--layer-weights", "1", "2", "3"], "3 layer weights given for 2 style layers"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(files, random_weights_file, capsys, change, message):
+    change = [c.replace("STYLE0", str(files / "style0.png")) for c in change]
+    code = main(base_args(files, random_weights_file, "--output", str(files / "o.png"),
+                          "--metrics", str(files / "m.json"), *change))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (files / "o.png").exists() and not (files / "m.json").exists()
+
+
+def test_bad_weights_file_is_one_line(files, capsys):
+    (files / "w.npz").write_bytes(b"PK\x03\x04 not really")
+    code = main(base_args(files, files / "w.npz", "--output", str(files / "o.png")))
+    assert code == 2 and "w.npz: not a readable segstyle_jax weight file" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "segstyle_jax", "stylize", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for group in ("inputs and outputs", "optimization", "loss", "look", "model"):
+        assert group in result.stdout

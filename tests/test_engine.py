@@ -1,0 +1,151 @@
+"""The compiled update step: vmap vs loop, no recompilation, the four approaches, safety."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segstyle_jax import engine, losses, masks as masks_lib
+from segstyle_jax.config import LossWeights, StepConfig
+
+H, W = 32, 40
+STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1")
+CONTENT_TAPS = ("relu2_2",)
+
+
+def setup(weights, approach, K=2, optimizer="adam", seed=0):
+    rng = np.random.default_rng(seed)
+    config = StepConfig(approach, H, W, K, STYLE_TAPS, CONTENT_TAPS, optimizer=optimizer)
+    model, style_model = weights.model(config.taps), weights.model(config.style_taps)
+    content = rng.uniform(0, 1, (H, W, 3)).astype(np.float32)
+    styles = [rng.uniform(0, 1, (24, 28, 3)).astype(np.float32) ** (k + 1) for k in range(K)]
+    labels = (np.arange(W)[None, :] * K // W).repeat(H, 0)
+    seg = masks_lib.from_label_map(labels)
+    targets_style = engine.segment_targets(style_model, weights.params, styles,
+                                           [engine.SegmentStyle(((k, 1.0, None),)) for k in range(K)])
+    targets = engine.make_targets(config, model, weights.params, content, seg.masks, targets_style)
+    start = np.broadcast_to(content, (K, H, W, 3)) if approach == "multipass" else content
+    return config, model, targets, start, styles, seg
+
+
+@pytest.mark.parametrize("approach", ["blended", "locality"])
+def test_vmap_over_segments_equals_a_python_loop(random_weights, approach):
+    config, model, targets, start, _, _ = setup(random_weights, approach, K=3)
+    weights = LossWeights.create(config, segments=[1.0, 2.0, 0.5], layers=[1.0, 0.5, 2.0])
+    _, terms = engine.one_image_loss(config, model, jnp.asarray(start), random_weights.params, targets, weights)
+    feats = model.apply(random_weights.variables(), jnp.asarray(start))
+    seg_masks = targets.masks
+    if config.use_locality:
+        seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
+    loop = []
+    for k in range(3):
+        lm = masks_lib.layer_masks(seg_masks[k], STYLE_TAPS)
+        loop.append(losses.segment_style_loss(feats, lm, {t: targets.style[t][k] for t in STYLE_TAPS},
+                                              {t: weights.layers[i] for i, t in enumerate(STYLE_TAPS)}))
+    np.testing.assert_allclose(terms["per_segment"], np.array(loop), rtol=1e-5)
+    np.testing.assert_allclose(terms["style"], np.dot([1.0, 2.0, 0.5], loop), rtol=1e-5)
+
+
+def test_second_step_and_new_weights_do_not_recompile(random_weights):
+    config, model, targets, start, _, _ = setup(random_weights, "locality")
+    init, update = engine.make_update_fn(config, model)
+    state = init(start)
+    state, _ = update(state, random_weights.params, targets, LossWeights.create(config))
+    state, _ = update(state, random_weights.params, targets, LossWeights.create(config))
+    changed = LossWeights.create(config, content=3.0, style=10.0, tv=0.0, segments=[0.1, 5.0],
+                                 layers=[0.0, 1.0, 2.0], gamma=0.2, rho=30.0)
+    state, info = update(state, random_weights.params, targets, changed)
+    assert update._cache_size() == 1
+    assert int(state.step) == 3 and bool(info["finite"])
+
+
+@pytest.mark.parametrize("approach", ["multipass", "blended", "locality", "localized"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_every_approach_and_optimizer_lowers_the_loss(random_weights, approach, optimizer):
+    config, model, targets, start, _, _ = setup(random_weights, approach, optimizer=optimizer)
+    init, update = engine.make_update_fn(config, model)
+    weights = LossWeights.create(config, style=1e2)
+    state, log = engine.optimize(update, init(start), random_weights.params, targets, weights, 6)
+    assert log.stopped == "completed" and len(log.losses) == 6
+    assert log.losses[-1] < 0.9 * log.losses[0]
+    image = np.asarray(state.image)
+    assert image.shape == np.shape(start) and image.min() >= 0 and image.max() <= 1
+
+
+def test_multipass_images_are_independent_unmasked_runs(random_weights):
+    """Image k of multipass gets exactly the gradient of a plain single-image Gatys loss with style k."""
+    config, model, targets, start, _, _ = setup(random_weights, "multipass")
+    weights = LossWeights.create(config, segments=[1.0, 3.0])
+    grad = jax.grad(lambda x: engine.multipass_loss(config, model, x, random_weights.params, targets, weights)[0])(
+        jnp.asarray(start) * 0.9)
+    for k in range(2):
+        def single(x, k=k):
+            f = model.apply(random_weights.variables(), x)
+            style = sum(losses.style_error(losses.gram(f[t]), targets.style[t][k]) for t in STYLE_TAPS)
+            content = losses.content_loss(f["relu2_2"], targets.content["relu2_2"])
+            return weights.content * content + weights.style * weights.segments[k] * style \
+                + weights.tv * losses.total_variation(x)
+        np.testing.assert_allclose(grad[k], jax.grad(single)(jnp.asarray(start[k]) * 0.9), rtol=1e-4, atol=1e-7)
+
+
+def test_locality_with_gamma_zero_is_blended(random_weights):
+    config_b, model, targets_b, start, _, _ = setup(random_weights, "blended")
+    config_l, _, targets_l, _, _, _ = setup(random_weights, "locality")
+    x = jnp.asarray(start)
+    b = engine.one_image_loss(config_b, model, x, random_weights.params, targets_b, LossWeights.create(config_b))[0]
+    l0 = engine.one_image_loss(config_l, model, x, random_weights.params, targets_l,
+                               LossWeights.create(config_l, gamma=0.0))[0]
+    l8 = engine.one_image_loss(config_l, model, x, random_weights.params, targets_l,
+                               LossWeights.create(config_l, gamma=0.8))[0]
+    np.testing.assert_allclose(l0, b, rtol=1e-6)
+    assert abs(float(l8) - float(b)) > 1e-3 * abs(float(b))
+
+
+def test_region_targets(random_weights):
+    """A whole-image region gives the plain Gram; a half region gives that half's masked Gram;
+    a blend of two styles is the weighted mean of their Grams."""
+    _, _, _, _, styles, _ = setup(random_weights, "localized")
+    model = random_weights.model(STYLE_TAPS)
+    p = random_weights.params
+    whole = engine.segment_targets(model, p, styles, [engine.SegmentStyle(((0, 1.0, None),))])
+    ones = engine.segment_targets(model, p, styles, [engine.SegmentStyle(((0, 1.0, np.ones((24, 28), np.float32)),))])
+    for t in STYLE_TAPS:
+        np.testing.assert_allclose(whole[t], ones[t], rtol=1e-5)
+    half = np.zeros((24, 28), np.float32)
+    half[:, :14] = 1
+    regional = engine.segment_targets(model, p, styles, [engine.SegmentStyle(((0, 1.0, half),))])
+    feats = model.apply(random_weights.variables(), jnp.asarray(styles[0]))
+    expected = losses.masked_gram(feats["relu2_1"], masks_lib.layer_masks(jnp.asarray(half), ("relu2_1",))["relu2_1"])[0]
+    np.testing.assert_allclose(regional["relu2_1"][0], expected, rtol=1e-5)
+    blend = engine.segment_targets(model, p, styles, [engine.SegmentStyle(((0, 3.0, None), (1, 1.0, None)))])
+    other = engine.segment_targets(model, p, styles, [engine.SegmentStyle(((1, 1.0, None),))])
+    np.testing.assert_allclose(blend["relu3_1"], 0.75 * whole["relu3_1"] + 0.25 * other["relu3_1"], rtol=1e-5)
+
+
+def test_non_finite_loss_keeps_the_last_good_image(random_weights):
+    config, model, targets, start, _, _ = setup(random_weights, "blended")
+    init, update = engine.make_update_fn(config, model)
+    good = LossWeights.create(config)
+    state, _ = update(init(start), random_weights.params, targets, good)
+    last_good = np.asarray(state.image).copy()
+    bad = good.replace(content=jnp.float32(np.nan))
+    state, log = engine.optimize(update, state, random_weights.params, targets, bad, 5)
+    assert "non-finite loss" in log.stopped and "step 1" in log.stopped
+    np.testing.assert_array_equal(np.asarray(state.image), last_good)
+
+
+def test_bad_shapes_are_rejected(random_weights):
+    config, model, targets, start, _, seg = setup(random_weights, "blended")
+    init, _ = engine.make_update_fn(config, model)
+    with pytest.raises(ValueError, match="initial image has shape"):
+        init(np.zeros((H + 1, W, 3), np.float32))
+    with pytest.raises(ValueError, match="masks have shape"):
+        engine.make_targets(config, model, random_weights.params, start, seg.masks[:, :-1], targets.style)
+    with pytest.raises(ValueError, match="3 segment weights given for 2 segments"):
+        LossWeights.create(config, segments=[1, 1, 1])
+    with pytest.raises(ValueError, match="2 layer weights given for 3 style layers"):
+        LossWeights.create(config, layers=[1, 1])
+    with pytest.raises(ValueError, match="gamma must be in"):
+        LossWeights.create(config, gamma=1.5)
+    with pytest.raises(ValueError, match="approach must be one of"):
+        StepConfig("fancy", H, W, 2)

@@ -1,0 +1,164 @@
+"""bench/torch_reference.py computes what the JAX engine computes: loss, gradient and one Adam step.
+
+A seeded random VGG16 (He-initialised so that every tap carries signal) goes through the converter;
+the JAX engine and the PyTorch reference then see the same weight file, images, masks and weights.
+Images are tiny and non-square (48 x 40, styles 44 x 36) so odd sizes after pooling are exercised.
+"""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("scipy")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for bench/
+
+from bench import torch_reference as ref  # noqa: E402
+from segstyle_jax import engine  # noqa: E402
+from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
+from segstyle_jax.convert import convert_torch_file  # noqa: E402
+from segstyle_jax.weights import load_weights  # noqa: E402
+from torch_vgg import TorchVGG  # noqa: E402
+
+H, W = 48, 40
+RTOL = 1e-4
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TorchVGG("vgg16")
+    with torch.no_grad():
+        for layer in model.features:
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                layer.bias.uniform_(-0.05, 0.05)
+    d = tmp_path_factory.mktemp("weights")
+    torch.save(model.state_dict(), d / "vgg16.pth")
+    return load_weights(convert_torch_file(d / "vgg16.pth", d / "vgg16.npz"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:H, 0:W] / np.array([H, W])[:, None, None]
+    content = np.stack([yy, xx, 0.5 + 0.3 * np.sin(6 * yy + 4 * xx)], -1)
+    content = np.clip(content + 0.05 * rng.standard_normal((H, W, 3)), 0, 1).astype(np.float32)
+    styles = [rng.uniform(0, 1, (44, 36, 3)).astype(np.float32),
+              np.clip(np.cumsum(rng.uniform(-0.2, 0.2, (44, 36, 3)), axis=1) + 0.5, 0, 1).astype(np.float32)]
+    return content, styles
+
+
+def two_segments():
+    """Left 26 columns / the rest, with a soft one-pixel seam."""
+    m = np.zeros((2, H, W), np.float32)
+    m[0, :, :26] = 1
+    m[0, :, 26] = 0.4
+    m[1] = 1 - m[0]
+    return m
+
+
+def three_segments():
+    """Segment 2 lives in the last 8 columns only: after four 2x2 pools (40 -> 2 columns, floor on odd
+    sizes) its relu5_1 mask is all zero, so the area < 1e-3 rule must drop that layer."""
+    m = np.zeros((3, H, W), np.float32)
+    m[0, :24, :32] = 1
+    m[1, 24:, :32] = 1
+    m[2, :, 32:] = 1
+    return m
+
+
+def segment_styles(approach, k, hs=44, ws=36):
+    if approach == "localized":
+        top = np.zeros((hs, ws), np.float32)
+        top[: hs // 2] = 1
+        left = np.zeros((hs, ws), np.float32)
+        left[:, : ws // 3] = 1
+        left[:, ws // 3] = 0.5
+        parts = [((0, 1.0, top),), ((0, 0.3, None), (1, 0.7, left)), ((1, 1.0, None),)]
+    else:
+        parts = [((0, 1.0, None),), ((1, 1.0, None),), ((0, 0.5, None), (1, 0.5, None))]
+    return [engine.SegmentStyle(p) for p in parts[:k]]
+
+
+def build(weights, images, approach, seg_masks):
+    content, styles = images
+    k = seg_masks.shape[0]
+    cfg = StepConfig(approach, H, W, k, optimizer="adam", learning_rate=0.02)
+    lw = LossWeights.create(cfg, content=1.0, style=1e3, tv=10.0, segments=np.linspace(1.0, 0.5, k),
+                            layers=[1.0, 0.8, 0.6, 0.4, 0.2], gamma=0.7, rho=3.0)
+    model, smodel = weights.model(cfg.taps), weights.model(cfg.style_taps)
+    seg = segment_styles(approach, k)
+    st = engine.segment_targets(smodel, weights.params, styles, seg)
+    tg = engine.make_targets(cfg, model, weights.params, content, seg_masks, st)
+    torch_ref = ref.from_step_config(weights, cfg, lw, content, seg_masks, styles, seg)
+    init = np.broadcast_to(content, (k, H, W, 3)).copy() if approach == "multipass" else content
+    # start away from the content image, so that the content loss and its gradient are not zero
+    noise = np.random.default_rng(1).uniform(-0.1, 0.1, init.shape).astype(np.float32)
+    init = np.clip(init + noise, 0, 1).astype(np.float32)
+    return cfg, lw, model, tg, torch_ref, init
+
+
+CASES = [("multipass", two_segments), ("blended", two_segments), ("locality", two_segments),
+         ("localized", two_segments), ("blended", three_segments)]
+
+
+@pytest.mark.parametrize("approach,masks_fn", CASES, ids=[f"{a}-K{m().shape[0]}" for a, m in CASES])
+def test_loss_gradient_and_adam_step_match_jax(weights, images, approach, masks_fn):
+    seg_masks = masks_fn()
+    cfg, lw, model, tg, torch_ref, init = build(weights, images, approach, seg_masks)
+    loss_fn = engine.multipass_loss if approach == "multipass" else engine.one_image_loss
+
+    with jax.default_matmul_precision("highest"):
+        (value, terms), grad = jax.jit(jax.value_and_grad(
+            lambda x: loss_fn(cfg, model, x, weights.params, tg, lw), has_aux=True))(jnp.asarray(init))
+    t_value, t_grad = torch_ref.loss_and_grad(init)
+
+    assert np.isfinite(float(value)) and float(terms["content"]) > 0 and float(terms["tv"]) > 0
+    assert np.all(np.asarray(terms["per_segment"]) > 0)  # every segment's style loss takes part
+    assert abs(t_value - float(value)) / abs(float(value)) < RTOL
+    assert t_grad.shape == grad.shape
+    assert rel_err(t_grad, grad) < RTOL
+
+    # One Adam step from both sides, from the same image.
+    with jax.default_matmul_precision("highest"):
+        init_fn, update = engine.make_update_fn(cfg, model)
+        state, info = update(init_fn(init), weights.params, tg, lw)
+    torch_ref.x.data.copy_(ref._nchw(init))
+    t_loss = torch_ref.step()
+    assert abs(t_loss - float(info["loss"])) / abs(float(info["loss"])) < RTOL
+    jax_image = np.asarray(state.image)
+    assert not np.allclose(jax_image, init)  # the step did move the image
+    np.testing.assert_allclose(torch_ref.image, jax_image, rtol=RTOL, atol=1e-6)
+
+
+def test_vanishing_layer_contributes_nothing(weights, images):
+    """Segment 2's relu5_1 mask is empty; its error there would be large (G = 0 against A != 0) but
+    must count as zero, so giving relu5_1 any weight changes nothing for that segment."""
+    content, styles = images
+    seg_masks = three_segments()
+    area = ref.pooled_masks(torch.as_tensor(seg_masks), ["relu5_1"])["relu5_1"].sum((1, 2))
+    assert float(area[2]) == 0.0 and float(area[0]) > 0
+
+    def problem(relu5_weight):
+        return ref.TorchStyleTransfer(weights, "blended", content, seg_masks, styles, segment_styles("blended", 3),
+                                      layer_weights=[1.0, 0.8, 0.6, 0.4, relu5_weight],
+                                      segment_weights=[0.0, 0.0, 1.0])
+
+    without, with_ = problem(0.0), problem(0.2)
+    x = ref._nchw(content)
+    with torch.no_grad():
+        g, _ = ref.masked_grams(with_.vgg(x)["relu5_1"][0], with_.layer_masks["relu5_1"])
+        assert float(ref.style_error(g, with_.targets["relu5_1"])[2]) > 0  # what the rule drops
+        assert float(without.loss(x)) > 0
+        assert float(with_.loss(x)) == float(without.loss(x))
