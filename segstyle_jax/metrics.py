@@ -8,8 +8,11 @@ For an output image ``x`` with segment masks ``M_k`` and style images ``a_s``:
 * a segment *wears its own style* when its own style ``s(k)`` is the nearest column of its row;
 * separation ``D[k, s(k)] / min_{s != s(k)} D[k, s]``: below 1 means nearer its own style;
 * the same matrix on a boundary band (the pixels of segment ``k`` within ``band_px`` of another
-  segment, from :func:`segstyle_jax.masks.distance_to_outside`): *band separation* measures
-  leakage, lower is better;
+  segment, from :func:`segstyle_jax.masks.distance_to_outside`): *band separation* is how clearly
+  the border still wears its own style (lower is better);
+* *band leakage* ``D_band[k, j](p) / D_band[k, j](x)`` for the nearest other style ``j``, with
+  ``p`` the content photo: above 1 means the border moved toward another segment's style
+  (leaked), below 1 that it moved away; lower is better;
 * content distance: mean squared difference of the content-tap features of ``x`` and ``p``.
 
 All distances use the same VGG, taps and layer weights as the optimization.
@@ -80,6 +83,8 @@ def evaluate(model: VGG, params, image, content, seg_masks, labels: Sequence[str
     full = np.asarray(_style_matrix(model, style_taps, params, image, jnp.asarray(seg_masks), grams, layer_weights))
     band_masks = boundary_band(seg_masks, band_px)
     band = np.asarray(_style_matrix(model, style_taps, params, image, jnp.asarray(band_masks), grams, layer_weights))
+    photo = jnp.asarray(content, jnp.float32)
+    band_photo = np.asarray(_style_matrix(model, style_taps, params, photo, jnp.asarray(band_masks), grams, layer_weights))
 
     feats_x = model.clone(taps=content_taps).apply({"params": params}, image)
     feats_p = model.clone(taps=content_taps).apply({"params": params}, jnp.asarray(content, jnp.float32))
@@ -87,18 +92,23 @@ def evaluate(model: VGG, params, image, content, seg_masks, labels: Sequence[str
 
     segments = _summary(full, own_style, style_names, labels)
     band_rows = _summary(band, own_style, style_names, labels)
-    for row, b, area in zip(segments, band_rows, band_masks.sum(axis=(1, 2))):
+    for k, (row, b, area) in enumerate(zip(segments, band_rows, band_masks.sum(axis=(1, 2)))):
         row["band_distances"] = b["distances"]
         row["band_separation"] = b["separation"] if area > 0 else None
         row["band_pixels"] = int(area)
+        others = [s for s in range(len(style_names)) if s != own_style[k]]
+        j = min(others, key=lambda s: band[k, s]) if others else None
+        row["band_leakage"] = float(band_photo[k, j] / band[k, j]) if j is not None and area > 0 and band[k, j] > 0 else None
     seps = [r["separation"] for r in segments if r["separation"] is not None]
     band_seps = [r["band_separation"] for r in segments if r["band_separation"] is not None]
+    leaks = [r["band_leakage"] for r in segments if r["band_leakage"] is not None]
     return {
         "styles": list(style_names),
         "segments": segments,
         "all_wear_own_style": all(r["wears_own_style"] for r in segments),
         "mean_separation": float(np.mean(seps)) if seps else None,
         "mean_band_separation": float(np.mean(band_seps)) if band_seps else None,
+        "mean_band_leakage": float(np.mean(leaks)) if leaks else None,
         "content_distance": content_distance,
         "band_px": band_px,
     }

@@ -77,3 +77,13 @@ def test_module_entry_point_help():
     assert result.returncode == 0
     for group in ("inputs and outputs", "optimization", "loss", "look", "model"):
         assert group in result.stdout
+
+
+@pytest.mark.real_weights
+def test_demo_writes_overlay_result_sheet_and_metrics(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path), "--size", "48", "--steps", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.png", "metrics.json", "overlay.png", "result.png"]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(report) == ["multipass", "blended", "locality", "localized"]
+    assert Image.open(tmp_path / "result.png").size == (48, 48)
+    assert "| locality |" in capsys.readouterr().out
