@@ -4,7 +4,7 @@ The model is MediaPipe's (ML Kit) selfie segmentation network, ``selfie_segmenta
 (Apache-2.0) from the PyPI wheel ``mediapipe==0.10.14``: a small MobileNetV3-like encoder-decoder,
 input ``[1, 256, 256, 3]`` RGB in ``[0, 1]``, output ``[1, 256, 256, 1]`` person probability.
 
-* **Weights.** ``python tools/convert_selfie_model.py`` (run once; it fetches the wheel with pip,
+* **Weights.** ``segstyle fetch-models`` (:mod:`segstyle_jax.selfie_convert`; run once; it fetches the wheel with pip,
   falling back to the npm package ``@mediapipe/selfie_segmentation``)
   checks the model's sha256 (:data:`SOURCE_SHA256`), converts it into a weight file at
   :func:`default_selfie_path` (``weights/selfie_segmentation.npz`` in a checkout) and keeps the
@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,9 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from segstyle_jax.atomic import atomic_write
 from segstyle_jax.masks import Segmentation
-from segstyle_jax.weights import METADATA_KEY, WeightsError, cache_dir, params_sha256
+from segstyle_jax.weights import WeightsError, cache_dir, params_sha256, read_archive, write_archive
 
 __all__ = [
     "FORMAT",
@@ -92,7 +90,7 @@ SOURCE_SHA256 = "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5
 NPM_SOURCE_SHA256 = "8d13b7fae74af625c641226813616a2117bd6bca19eb3b75574621fc08557f27"
 DEFAULT_NAME = "selfie_segmentation.npz"
 SOURCE_NAME = "selfie_segmentation.tflite"
-CONVERT_COMMAND = "python tools/convert_selfie_model.py"
+CONVERT_COMMAND = "segstyle fetch-models"
 LABELS = ("background", "person")
 #: Person fractions outside this range trigger :class:`PersonSegmentationWarning`.
 PLAUSIBLE_FRACTION = (0.02, 0.90)
@@ -186,20 +184,13 @@ def make_metadata(params, graph: dict, source: dict) -> dict:
 
 def save_selfie_params(path: str | os.PathLike, params, metadata: dict) -> Path:
     """Validate, then write ``params`` and ``metadata`` atomically."""
-    path = Path(path)
-    if metadata.get("params_sha256") != params_sha256(params):
-        raise WeightsError(f"{path}: metadata checksum does not match the arrays being saved")
     check_model(params, metadata, str(path))
-    arrays = {f"{layer}/{leaf}": np.asarray(v, np.float32) for layer in params for leaf, v in params[layer].items()}
-    arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), np.uint8)
-    with atomic_write(path) as f:
-        np.savez(f, **arrays)
-    return path
+    return write_archive(path, params, metadata)
 
 
 def _missing_message(path: Path) -> str:
-    return (f"{path}: the person segmentation model is not converted yet. Run once, from the source "
-            f"checkout (it fetches mediapipe==0.10.14 from PyPI with pip): {CONVERT_COMMAND}  "
+    return (f"{path}: the person segmentation model is not converted yet. Run once "
+            f"(it fetches mediapipe==0.10.14 from PyPI with pip): {CONVERT_COMMAND}  "
             f"(offline, from a local copy: {CONVERT_COMMAND} --tflite selfie_segmentation.tflite)")
 
 
@@ -215,31 +206,13 @@ def load_selfie_params(path: str | os.PathLike | None = None) -> SelfieParams:
     path = default_selfie_path() if default else Path(path)
     if not path.is_file():
         raise WeightsError(_missing_message(path) if default else f"{path}: weight file not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            data = {k: archive[k] for k in archive.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise WeightsError(f"{path}: not a readable weight file (truncated or corrupt?): {e}") from e
-    if METADATA_KEY not in data:
-        raise WeightsError(f"{path}: no {METADATA_KEY} entry; not a segstyle_jax weight file")
-    try:
-        metadata = json.loads(data.pop(METADATA_KEY).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: metadata is corrupt: {e}") from e
-    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
-        raise WeightsError(f"{path}: format {metadata.get('format')!r} v{metadata.get('format_version')}, "
-                           f"expected {FORMAT!r} v{FORMAT_VERSION}")
-    params: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in data.items():
-        layer, _, leaf = key.rpartition("/")
-        params.setdefault(layer, {})[leaf] = value
-    digest = params_sha256(params)
-    if digest != metadata.get("params_sha256"):
-        raise WeightsError(f"{path}: checksum mismatch (file altered or corrupt): arrays hash to {digest[:16]}..., "
-                           f"metadata says {str(metadata.get('params_sha256'))[:16]}...")
-    if not isinstance(metadata.get("graph"), dict) or graph_sha256(metadata["graph"]) != metadata.get("graph_sha256"):
-        raise WeightsError(f"{path}: graph checksum mismatch (file altered or corrupt)")
-    check_model(params, metadata, str(path))
+
+    def validate(params, metadata):
+        if not isinstance(metadata.get("graph"), dict) or graph_sha256(metadata["graph"]) != metadata.get("graph_sha256"):
+            raise WeightsError(f"{path}: graph checksum mismatch (file altered or corrupt)")
+        check_model(params, metadata, str(path))
+
+    params, metadata = read_archive(path, FORMAT, FORMAT_VERSION, validate)
     if default and metadata.get("source", {}).get("sha256") not in (SOURCE_SHA256, NPM_SOURCE_SHA256):
         raise WeightsError(f"{path}: was not converted from the known selfie_segmentation.tflite "
                            f"({SOURCE_SHA256[:16]}...); delete it and run {CONVERT_COMMAND}")

@@ -29,7 +29,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -142,10 +142,11 @@ def make_metadata(arch: str, params, source: dict, preprocessing: dict | None = 
 # the project's format
 
 
-def save_weights(path: str | os.PathLike, params, metadata: dict) -> Path:
-    """Write ``params`` and ``metadata`` atomically (temporary file in the same folder, then rename)."""
+def write_archive(path: str | os.PathLike, params, metadata: dict) -> Path:
+    """Write ``{layer: {leaf: array}}`` and JSON ``metadata`` as one ``.npz`` archive, atomically.
+
+    The metadata's ``params_sha256`` must match the arrays (it is what readers verify)."""
     path = Path(path)
-    check_params(params, metadata["arch"], str(path))
     if metadata.get("params_sha256") != params_sha256(params):
         raise WeightsError(f"{path}: metadata checksum does not match the arrays being saved")
     arrays = {f"{n}/{leaf}": np.asarray(v, np.float32) for n in params for leaf, v in params[n].items()}
@@ -155,8 +156,14 @@ def save_weights(path: str | os.PathLike, params, metadata: dict) -> Path:
     return path
 
 
-def load_weights(path: str | os.PathLike) -> VGGWeights:
-    """Read a project weight file, verifying format, architecture, every shape and the checksum."""
+def read_archive(path: str | os.PathLike, fmt: str, version: int,
+                 validate: Callable[[dict, dict], None] | None = None) -> tuple[dict, dict]:
+    """Read an archive written by :func:`write_archive` -> ``(params, metadata)``.
+
+    Checks that it is readable (``allow_pickle=False``), has metadata of format ``fmt`` version
+    ``version``, then runs ``validate(params, metadata)`` (structural checks that name missing or
+    misshapen entries), then checks the arrays against ``params_sha256``; every problem is a
+    :class:`WeightsError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found")
@@ -171,21 +178,37 @@ def load_weights(path: str | os.PathLike) -> VGGWeights:
         metadata = json.loads(data.pop(METADATA_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: metadata is corrupt: {e}") from e
-    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format") != fmt or metadata.get("format_version") != version:
         raise WeightsError(f"{path}: format {metadata.get('format')!r} v{metadata.get('format_version')}, "
-                           f"expected {FORMAT!r} v{FORMAT_VERSION}")
-    arch = metadata.get("arch")
-    if arch not in vgg.ARCHITECTURES:
-        raise WeightsError(f"{path}: unknown architecture {arch!r}; expected one of {vgg.ARCHITECTURES}")
+                           f"expected {fmt!r} v{version}")
     params: dict[str, dict[str, np.ndarray]] = {}
     for key, value in data.items():
-        layer, _, leaf = key.partition("/")
+        layer, _, leaf = key.rpartition("/")
         params.setdefault(layer, {})[leaf] = value
-    check_params(params, arch, str(path))
+    if validate is not None:
+        validate(params, metadata)
     digest = params_sha256(params)
     if digest != metadata.get("params_sha256"):
         raise WeightsError(f"{path}: checksum mismatch (file altered or corrupt): arrays hash to {digest[:16]}..., "
                            f"metadata says {str(metadata.get('params_sha256'))[:16]}...")
+    return params, metadata
+
+
+def save_weights(path: str | os.PathLike, params, metadata: dict) -> Path:
+    """Write VGG ``params`` and ``metadata`` atomically (checked against the architecture first)."""
+    check_params(params, metadata["arch"], str(path))
+    return write_archive(path, params, metadata)
+
+
+def load_weights(path: str | os.PathLike) -> VGGWeights:
+    """Read a project weight file, verifying format, architecture, every shape and the checksum."""
+    def validate(params, metadata):
+        arch = metadata.get("arch")
+        if arch not in vgg.ARCHITECTURES:
+            raise WeightsError(f"{path}: unknown architecture {arch!r}; expected one of {vgg.ARCHITECTURES}")
+        check_params(params, arch, str(path))
+
+    params, metadata = read_archive(path, FORMAT, FORMAT_VERSION, validate)
     return VGGWeights(params=params, metadata=metadata)
 
 

@@ -1,6 +1,6 @@
 """Person segmentation: the JAX port of MediaPipe's selfie segmentation against the reference runtime.
 
-Needs the converted model (``python tools/convert_selfie_model.py``, which also keeps the verified
+Needs the converted model (``segstyle fetch-models``, which also keeps the verified
 ``.tflite`` for the reference) and, for the parity tests, ``ai-edge-litert``; tests skip with the
 reason otherwise. The format / error tests need neither.
 """
@@ -8,7 +8,6 @@ reason otherwise. The format / error tests need neither.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import time
 import warnings
@@ -18,19 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segstyle_jax import person
+from segstyle_jax import person, selfie_convert
 from segstyle_jax.masks import Segmentation
 from segstyle_jax.weights import METADATA_KEY, WeightsError
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("convert_selfie_model", ROOT / "tools" / "convert_selfie_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return selfie_convert
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +190,9 @@ def test_bad_threshold(model):
 
 def test_missing_default_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGSTYLE_JAX_CACHE", str(tmp_path))
-    with pytest.raises(WeightsError, match="python tools/convert_selfie_model.py"):
+    with pytest.raises(WeightsError, match="segstyle fetch-models"):
         person.load_selfie_params()
-    with pytest.raises(WeightsError, match="convert_selfie_model"):
+    with pytest.raises(WeightsError, match="fetch-models"):
         person.segment_person(np.zeros((8, 8, 3), np.float32))
 
 
