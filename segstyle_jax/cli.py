@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("content", help="content photo")
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--segments", required=True, nargs="+", metavar="MASK",
-                    help="label-map PNG (one integer label per pixel), a colour PNG with --colors, or several "
+                    help="automatic: 'person' (labels background, person), 'kmeans:K' or 'slic:K' (labels 0..K-1); "
+                         "or a label-map PNG (one integer label per pixel), a colour PNG with --colors, or several "
                          "grayscale mask PNGs (soft masks, labels 0..K-1 in the order given)")
     io.add_argument("--colors", metavar="HEX=LABEL[,...]",
                     help="colour table for a colour-coded mask, e.g. '#ff0000=person,#000000=background'")
     io.add_argument("--style", required=True, action="append", type=parse_style, metavar="LABEL=IMAGE",
                     help="style of one segment; repeat per segment. Blend: LABEL=A.jpg@0.7,B.jpg@0.3")
     io.add_argument("--region", action="append", default=[], metavar="LABEL=MASK",
-                    help="localized: take segment LABEL's style from this region (grayscale mask the size of its "
-                         "style image)")
+                    help="localized: take segment LABEL's style from a region of its style image: a grayscale mask "
+                         "the size of the style image, or SEGMENTER@REGION, e.g. person=person@person (the person "
+                         "in a portrait) or background=kmeans:3@0 (region 0 of 3)")
     io.add_argument("--output", "-o", required=True, help="output image (.png or .jpg)")
     io.add_argument("--metrics", metavar="JSON", help="write quality metrics (and the loss history) here")
+    io.add_argument("--overlay", metavar="PNG", help="also write the segments over the photo, to check the masks")
     io.add_argument("--save-every", type=int, default=0, metavar="N",
                     help="also write the image every N steps as OUTPUT_STEM.stepNNNN.png")
     io.add_argument("--compare", action="store_true",
@@ -127,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approach", choices=APPROACHES, default="locality", help="the approach for result.png")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("segment", help="segment a photo automatically and write the label map",
+                       description="Segment IMAGE and write its label map (and an overlay to check it) before a "
+                                   "long run; the label map is what --segments takes.")
+    p.add_argument("image")
+    p.add_argument("--segments", required=True, metavar="SEGMENTER", help="person, kmeans:K or slic:K")
+    p.add_argument("--output", "-o", required=True, metavar="LABELS.png",
+                   help="label map: one integer per pixel (person: 0 background, 1 person; kmeans/slic: 0..K-1)")
+    p.add_argument("--overlay", metavar="OVERLAY.png", help="the segments drawn over the photo")
+    p.add_argument("--seed", type=int, default=0, help="seed for kmeans (default 0)")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("fetch-models", help="fetch and convert the person segmentation model (once, from PyPI)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_fetch_models)
+
     p = sub.add_parser("info", help="show the VGG model, its weights and the tap shapes for an image")
     p.add_argument("image", nargs="?", help="an image to report tap shapes for")
     p.add_argument("--size", type=int, default=256)
@@ -170,10 +191,63 @@ class ProgressBar:
 # commands
 
 
-def _segments_arg(args):
+SEGMENTER = re.compile(r"person|(kmeans|slic):\S+")
+
+
+def _is_segmenter(spec: str) -> bool:
+    return SEGMENTER.fullmatch(spec) is not None and not Path(spec).exists()
+
+
+def ensure_person_model() -> None:
+    """Convert the person segmentation model on first use (fetched once from PyPI), with a notice."""
+    from segstyle_jax import person, selfie_convert
+
+    if not person.default_selfie_path().is_file():
+        print("first use of person segmentation: fetching mediapipe==0.10.14 from PyPI to convert its selfie "
+              "model (once)", file=sys.stderr)
+        selfie_convert.convert(log=lambda message: print(message, file=sys.stderr))
+
+
+def auto_segment(image, spec: str, seed: int = 0):
+    """Run a segmenter (``person``, ``kmeans:K``, ``slic:K``), printing its warnings as ``warning:`` lines."""
+    from segstyle_jax import regions
+
+    regions.parse_segmenter(spec)  # a bad spec is an error before any download
+    if spec == "person":
+        ensure_person_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = regions.segment_image(image, spec, seed=seed)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return seg
+
+
+def _region_arg(value: str, label: str, styles: dict, seed: int):
+    """``--region`` value -> a mask path, or the named region of the style image's segmentation."""
+    from segstyle_jax import images
+
+    spec, at, name = value.rpartition("@")
+    if not at or not _is_segmenter(spec):
+        return value
+    style = styles.get(label)
+    if not isinstance(style, str):
+        raise ValueError(f"--region {label}={value}: segment {label!r} needs exactly one style image")
+    seg = auto_segment(images.load_image(style), spec, seed)
+    if name not in seg.labels:
+        raise ValueError(f"--region {label}={value}: {spec} found regions {', '.join(seg.labels)} in {style}, "
+                         f"not {name!r}")
+    return seg.masks[seg.labels.index(name)]
+
+
+def _segments_arg(args, content):
     from segstyle_jax import masks
 
     paths = args.segments
+    if len(paths) == 1 and _is_segmenter(paths[0]):
+        if args.colors:
+            raise ValueError("--colors applies to a colour-coded mask file, not to automatic segmentation")
+        return auto_segment(content, paths[0], args.seed)
     table = None
     if args.colors:
         table = {}
@@ -196,7 +270,7 @@ def _frame_writer(output: Path, every: int):
 
 
 def cmd_stylize(args) -> int:
-    from segstyle_jax import api, atomic, images
+    from segstyle_jax import api, atomic, images, masks
     from segstyle_jax.weights import resolve_weights
 
     output = Path(args.output)
@@ -205,15 +279,22 @@ def cmd_stylize(args) -> int:
     if args.save_every < 0:
         raise ValueError("--save-every must be >= 0")
     content = images.load_image(args.content)
-    segmentation = api.as_segmentation(_segments_arg(args), content.shape[:2])
+    segmentation = api.as_segmentation(_segments_arg(args, content), content.shape[:2])
     styles = dict(args.style)
     if len(styles) != len(args.style):
         raise ValueError("a label is given more than one --style; blend styles with LABEL=A.jpg@0.5,B.jpg@0.5")
-    regions = dict(_key_value(r, "--region") for r in args.region)
+    regions = {label: _region_arg(value, label, styles, args.seed)
+               for label, value in (_key_value(r, "--region") for r in args.region)}
     segment_weights = dict(parse_float_pair(s, "--segment-weight") for s in args.segment_weight)
     weights = resolve_weights(args.weights)
     preserve = False if args.preserve_color is None else (True if not args.preserve_color else args.preserve_color)
     init = args.init if args.init in ("content", "noise") else images.load_image(args.init)
+
+    if args.overlay:
+        small = images.resize_longest(content, args.size)
+        seg_small = masks.resize_segmentation(segmentation, small.shape[:2])
+        images.save_image(args.overlay, images.overlay_segments(small, seg_small.masks))
+        print(f"wrote {args.overlay} (segments {', '.join(segmentation.labels)})", file=sys.stderr)
 
     approaches = APPROACHES if args.compare else (args.approach,)
     results = {}
@@ -279,15 +360,20 @@ def metrics_table(results) -> str:
 
 def cmd_demo(args) -> int:
     from segstyle_jax import api, atomic, demo_data, images, masks
-    from segstyle_jax.weights import load_default_weights
+    from segstyle_jax.weights import WeightsError, load_default_weights
 
     out = Path(args.output_dir)
-    content, segmentation, styles = demo_data.astronaut(), demo_data.astronaut_hand_mask(), demo_data.demo_styles()
+    content, styles = demo_data.astronaut(), demo_data.demo_styles()
+    try:
+        segmentation, how = auto_segment(content, "person"), "person segmentation model"
+    except WeightsError as e:  # no registry reachable on first use: still show the method
+        print(f"warning: {e}; using the hand-drawn mask instead", file=sys.stderr)
+        segmentation, how = demo_data.astronaut_hand_mask(), "hand-drawn mask"
     weights = load_default_weights()
     photo = images.resize_longest(images.load_image(content), args.size)
     small_seg = masks.resize_segmentation(segmentation, photo.shape[:2])
     images.save_image(out / "overlay.png", images.overlay_segments(photo, small_seg.masks))
-    print(f"segments: {', '.join(segmentation.labels)} (hand-drawn mask); wrote {out / 'overlay.png'}", file=sys.stderr)
+    print(f"segments: {', '.join(segmentation.labels)} ({how}); wrote {out / 'overlay.png'}", file=sys.stderr)
     results = {}
     for approach in APPROACHES:
         results[approach] = api.stylize(content, segmentation, styles, approach, steps=args.steps, size=args.size,
@@ -302,6 +388,36 @@ def cmd_demo(args) -> int:
     print(metrics_table(results))
     print(f"wrote {out / 'result.png'} ({args.approach}), {out / 'compare.png'}, {out / 'metrics.json'}", file=sys.stderr)
     return 0
+
+
+def cmd_segment(args) -> int:
+    from segstyle_jax import images
+
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"{output}: the label map must be a .png (lossless)")
+    image = images.load_image(args.image)
+    seg = auto_segment(image, args.segments, args.seed)
+    if seg.num_segments > 256:
+        raise ValueError(f"{seg.num_segments} segments do not fit an 8-bit label map")
+    from PIL import Image
+
+    from segstyle_jax.atomic import atomic_write
+
+    with atomic_write(output) as f:
+        Image.fromarray(seg.hard().astype(np.uint8)).save(f, format="PNG")
+    fractions = ", ".join(f"{i}={label} {seg.masks[i].mean():.1%}" for i, label in enumerate(seg.labels))
+    print(f"wrote {output}: labels {fractions}", file=sys.stderr)
+    if args.overlay:
+        images.save_image(args.overlay, images.overlay_segments(image, seg.masks))
+        print(f"wrote {args.overlay}", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_models(args) -> int:
+    from segstyle_jax import selfie_convert
+
+    return selfie_convert.main(args.args)
 
 
 def cmd_info(args) -> int:

@@ -87,3 +87,48 @@ def test_demo_writes_overlay_result_sheet_and_metrics(tmp_path, capsys):
     assert list(report) == ["multipass", "blended", "locality", "localized"]
     assert Image.open(tmp_path / "result.png").size == (48, 48)
     assert "| locality |" in capsys.readouterr().out
+
+
+@pytest.mark.real_weights
+def test_segment_kmeans_writes_label_map_and_overlay(files, capsys):
+    out, overlay = files / "labels.png", files / "overlay.png"
+    assert main(["segment", str(files / "photo.png"), "--segments", "kmeans:2", "-o", str(out),
+                 "--overlay", str(overlay)]) == 0
+    labels = np.asarray(Image.open(out))
+    assert labels.shape == (40, 48) and set(np.unique(labels)) == {0, 1}
+    assert Image.open(overlay).size == (48, 40)
+    assert "labels 0=0" in capsys.readouterr().err
+
+
+def test_segment_bad_spec_is_one_line(files, capsys):
+    assert main(["segment", str(files / "photo.png"), "--segments", "kmeans:1", "-o", str(files / "l.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "K must be" in err and len(err.splitlines()) == 1
+    assert not (files / "l.png").exists()
+
+
+@pytest.mark.real_weights
+def test_stylize_with_automatic_segments_and_segmenter_regions(files, random_weights_file, capsys):
+    """--segments kmeans:2 labels the photo 0/1; --region LABEL=kmeans:2@1 takes that region of the style."""
+    out = files / "auto.png"
+    args = base_args(files, random_weights_file, "--output", str(out), "--approach", "localized",
+                     "--overlay", str(files / "ov.png"), "--steps", "2")
+    args[args.index("--segments") + 1] = "kmeans:2"
+    assert main(args + ["--region", "1=kmeans:2@1"]) == 0
+    assert out.exists() and (files / "ov.png").exists()
+    assert main(args + ["--region", "1=kmeans:2@7"]) == 2
+    assert "found regions 0, 1" in capsys.readouterr().err
+
+
+def test_person_model_missing_and_unfetchable_is_one_line(files, monkeypatch, tmp_path, capsys):
+    from segstyle_jax import selfie_convert
+    from segstyle_jax.weights import WeightsError
+
+    monkeypatch.setenv("SEGSTYLE_JAX_CACHE", str(tmp_path / "cache"))
+
+    def offline(**kwargs):
+        raise WeightsError("no registry reachable")
+    monkeypatch.setattr(selfie_convert, "convert", offline)
+    assert main(["segment", str(files / "photo.png"), "--segments", "person", "-o", str(files / "l.png")]) == 2
+    err = capsys.readouterr().err
+    assert "first use of person segmentation" in err and "error: no registry reachable" in err
