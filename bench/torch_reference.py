@@ -260,21 +260,23 @@ class TorchStyleTransfer:
         with torch.no_grad():
             # style targets {tap: [K, c, c]}
             style_vgg = VGGFeatures(params, metadata, self.style_taps, pooling).to(self.device).eval()
-            per_segment = []
+            per_segment, style_feats = [], {}
             for seg in segment_styles:
                 parts = seg.parts if hasattr(seg, "parts") else seg
                 total = sum(w for _, w, _ in parts)
                 acc = {t: 0.0 for t in self.style_taps}
                 for index, weight, region in parts:
-                    style = _nchw(style_images[index]).to(self.device)
-                    region = np.ones(style.shape[2:], np.float32) if region is None else np.asarray(region, np.float32)
+                    if index not in style_feats:
+                        style_feats[index] = style_vgg(_nchw(style_images[index]).to(self.device))
+                    feats = style_feats[index]
+                    region = np.ones(np.shape(style_images[index])[:2], np.float32) if region is None \
+                        else np.asarray(region, np.float32)
                     region_layers = pooled_masks(torch.as_tensor(region, device=self.device)[None], self.style_taps)
-                    feats = style_vgg(style)
                     for tap in self.style_taps:
                         acc[tap] = acc[tap] + masked_grams(feats[tap][0], region_layers[tap])[0][0] * (weight / total)
                 per_segment.append(acc)
             self.targets = {t: torch.stack([s[t] for s in per_segment]) for t in self.style_taps}
-            del style_vgg
+            del style_vgg, style_feats
             content_feats = self.vgg(_nchw(content).to(self.device))
             self.content_targets = {t: content_feats[t] for t in self.content_taps}
             # layer masks {tap: [K, h_l, w_l]} (locality-weighted first where the approach asks)

@@ -360,6 +360,68 @@ def metrics_table(results) -> str:
     return "\n".join(rows)
 
 
+def cmd_demo(args) -> int:
+    from segstyle_jax import api, atomic, demo_data, images, masks
+    from segstyle_jax.weights import WeightsError, load_default_weights
+
+    out = Path(args.output_dir)
+    content, styles = demo_data.astronaut(), demo_data.demo_styles()
+    try:
+        segmentation, how = auto_segment(content, "person"), "person segmentation model"
+    except WeightsError as e:  # no registry reachable on first use: still show the method
+        print(f"warning: {e}; using the hand-drawn mask instead", file=sys.stderr)
+        segmentation, how = demo_data.astronaut_hand_mask(), "hand-drawn mask"
+    weights = load_default_weights()
+    photo = images.resize_longest(images.load_image(content), args.size)
+    small_seg = masks.resize_segmentation(segmentation, photo.shape[:2])
+    images.save_image(out / "overlay.png", images.overlay_segments(photo, small_seg.masks))
+    print(f"segments: {', '.join(segmentation.labels)} ({how}); wrote {out / 'overlay.png'}", file=sys.stderr)
+    results = {}
+    for approach in APPROACHES:
+        results[approach] = api.stylize(content, segmentation, styles, approach, steps=args.steps, size=args.size,
+                                        weights=weights, callback=ProgressBar(f"{approach:>9}"))
+    images.save_image(out / "result.png", results[args.approach].image)
+    sheet = images.labelled_sheet([photo] + [r.image for r in results.values()], ["content", *results])
+    images.save_image(out / "compare.png", sheet)
+    report = {a: {"metrics": r.metrics, "final_loss": r.losses[-1], "steps": len(r.losses),
+                  "median_step_seconds": float(np.median(r.step_seconds)) if r.step_seconds else None}
+              for a, r in results.items()}
+    atomic.write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    print(metrics_table(results))
+    print(f"wrote {out / 'result.png'} ({args.approach}), {out / 'compare.png'}, {out / 'metrics.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from segstyle_jax import images
+
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"{output}: the label map must be a .png (lossless)")
+    image = images.load_image(args.image)
+    seg = auto_segment(image, args.segments, args.seed)
+    if seg.num_segments > 256:
+        raise ValueError(f"{seg.num_segments} segments do not fit an 8-bit label map")
+    from PIL import Image
+
+    from segstyle_jax.atomic import atomic_write
+
+    with atomic_write(output) as f:
+        Image.fromarray(seg.hard().astype(np.uint8)).save(f, format="PNG")
+    fractions = ", ".join(f"{i}={label} {seg.masks[i].mean():.1%}" for i, label in enumerate(seg.labels))
+    print(f"wrote {output}: labels {fractions}", file=sys.stderr)
+    if args.overlay:
+        images.save_image(args.overlay, images.overlay_segments(image, seg.masks))
+        print(f"wrote {args.overlay}", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_models(args) -> int:
+    from segstyle_jax import selfie_convert
+
+    return selfie_convert.main(args.args)
+
+
 def cmd_info(args) -> int:
     import jax
     import jax.numpy as jnp

@@ -1,0 +1,649 @@
+"""Per-step speed of the compiled JAX update against the same mathematics in PyTorch, side by side.
+
+    python bench/bench_step.py --quick                       # < 2 minutes on a 2-core CPU
+    python bench/bench_step.py --sizes 256 --segments 2 --approaches blended --steps 5
+    python bench/bench_step.py --sizes 256 512 --segments 1 2 4 --approaches multipass blended \\
+        --optimizers adam lbfgs --steps 10 --jsonl bench.jsonl [--torch-compile] [--breakdown]
+
+For every configuration (image size x segments x approach x optimizer) both implementations get the
+same inputs in one process: the real default VGG16 weights, skimage's astronaut as the content,
+hubble_deep_field / brick / coffee / chelsea as the styles of segments 1..4, and K vertical bands
+(``--masks hbands``: horizontal; ``ellipse``: an ellipse around the astronaut plus bands) as masks.
+Both start from the content image. JAX runs the engine's own ``make_update_fn`` step, compiled ahead
+of time (``update.lower(...).compile()``; that is the compile time, reported apart, as is the first
+execution); PyTorch runs ``bench/torch_reference.py``. After ``--warmup`` untimed steps each, the
+two take turns, one step at a time, for ``--steps`` timed steps.
+
+Reported per configuration (one JSON line each, then a Markdown table):
+
+* ``jax_compile_s`` (lower + compile), ``jax_first_step_s``, ``torch_first_step_s`` (with
+  ``--torch-compile`` this holds torch.compile's compilation), target building time for both;
+* per-step seconds median/min/max for both and ``ratio`` = JAX median / PyTorch median;
+* ``gflop_per_step`` from XLA's cost analysis of the compiled step (for L-BFGS XLA counts the
+  line-search loop body once, so it is a lower bound), ``torch_gflop_per_eval`` (convolutions and
+  matmuls of one loss + gradient, counted by ``torch.utils.flop_counter``) as a cross-check;
+* achieved GFLOP/s of both (XLA's count over each one's median step) and the percentage of the
+  machine's matmul peak, measured at start-up with float32 numpy, ``jnp`` and torch matmuls
+  (``peak_source`` says which was fastest; that one is the peak);
+* memory: ``jax_memory_stats`` when the device has them (GPU), else the peak process RSS above the
+  level just before a step (after ``malloc_trim``), sampled every 2 ms during one extra, untimed step
+  of each framework (``*_step_rss_mb``; see :class:`RssSampler`), plus XLA's own buffer plan
+  (``jax_xla_temp_mb``, ``jax_xla_args_mb``);
+* the losses both computed at the first step (``loss0_rel_diff``: the same mathematics should give
+  the same number to float32 rounding) and at the last, and ``image_max_abs_diff`` after the timed
+  steps (Adam's early steps are close to ``lr * sign(grad)``, so pixels whose gradient is near 0
+  may go different ways: expect drift of order ``lr``, not 1e-6);
+* environment in every row: device, CPU model, versions of jax/jaxlib/flax/optax/torch/numpy,
+  ``XLA_FLAGS``, thread counts, the load average at the start and end of the row,
+  ``*_cpu_util``, CPU seconds per wall second of each framework's timed steps (about the number of
+  cores it kept busy), and ``others_cpu_util``, the most CPU other processes took during a timed
+  step (in cores, from /proc/stat).
+
+Run it on an otherwise idle machine. Another busy process is not a small perturbation here: on a
+2-core machine with one core taken, PyTorch's two OpenMP threads keep waiting for each other at every
+parallel region (measured: 2.0 s per 128 px step instead of 0.13 s, CPU util 1.0; one thread: 0.22 s),
+while XLA's work-stealing thread pool barely slows down. A PyTorch CPU util well below its thread
+count, or ``others_cpu_util`` above ~0.1, marks a row as disturbed. A warning is
+printed when the machine is not idle at start.
+
+``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
+(no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
+loss with its gradient; the optimizer's share is the step minus the loss with its gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench import torch_reference  # noqa: E402
+from segstyle_jax import engine, losses, masks as masks_lib  # noqa: E402
+from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
+from segstyle_jax.weights import load_default_weights  # noqa: E402
+
+STYLE_NAMES = ("hubble_deep_field", "brick", "coffee", "chelsea")
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+
+
+def _square(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to a square, resize to ``size`` (anti-aliased), float32 RGB in [0, 1]."""
+    from skimage.transform import resize
+
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    img = img[..., :3].astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return np.clip(resize(img, (size, size), anti_aliasing=True), 0, 1).astype(np.float32)
+
+
+def make_inputs(size: int, k: int, mask_kind: str):
+    import skimage.data
+
+    if k > len(STYLE_NAMES):
+        raise SystemExit(f"at most {len(STYLE_NAMES)} segments (one style each), got {k}")
+    content = _square(skimage.data.astronaut(), size)
+    styles = [_square(getattr(skimage.data, name)(), size) for name in STYLE_NAMES[:k]]
+    masks = np.zeros((k, size, size), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    if mask_kind == "ellipse" and k > 1:
+        person = ((yy - 0.55 * size) / (0.45 * size)) ** 2 + ((xx - 0.42 * size) / (0.28 * size)) ** 2 <= 1
+        masks[0] = person
+        band = np.minimum(xx * (k - 1) // size, k - 2) + 1
+        for i in range(1, k):
+            masks[i] = (band == i) & ~person
+    else:
+        coord = yy if mask_kind == "hbands" else xx
+        band = coord * k // size
+        for i in range(k):
+            masks[i] = band == i
+    return content, styles, masks
+
+
+# ----------------------------------------------------------------------------------------------
+# environment and machine peak
+
+
+def environment() -> dict:
+    import flax
+    import jaxlib
+    import optax
+
+    dev = jax.devices()[0]
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "jax_devices": len(jax.devices()),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                     "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__},
+    }
+
+
+def machine_busy_pct(seconds: float = 1.0) -> float:
+    """Percentage of all CPUs busy during ``seconds`` (from /proc/stat), while this process sleeps."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]
+        return sum(v[:8]) - idle, sum(v[:8])
+    try:
+        b0, t0 = sample()
+        time.sleep(seconds)
+        b1, t1 = sample()
+    except (OSError, ValueError):
+        return float("nan")
+    return 100.0 * (b1 - b0) / max(t1 - t0, 1)
+
+
+def _best_seconds(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_peak(n: int, reps: int) -> dict:
+    """float32 ``n x n`` matmul GFLOP/s with numpy, jnp and torch; the best is the machine peak."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    flops = 2.0 * n ** 3
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    jmm = jax.jit(jnp.matmul)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    result = {
+        "numpy": flops / _best_seconds(lambda: a @ b, reps) / 1e9,
+        "jnp": flops / _best_seconds(lambda: jmm(ja, jb).block_until_ready(), reps) / 1e9,
+        "torch": flops / _best_seconds(lambda: ta @ tb, reps) / 1e9,
+    }
+    source = max(result, key=result.get)
+    return {"peak_gflops": result[source], "peak_source": f"{source} float32 {n}x{n} matmul",
+            "peak_all_gflops": {k: round(v, 1) for k, v in result.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# memory
+
+
+class RssSampler:
+    """Peak resident set size of this process during a call, sampled every ``interval`` seconds by
+    a background thread that sleeps while nothing is measured.
+
+    Before measuring, freed heap memory is handed back to the OS (``malloc_trim``): otherwise an
+    allocator that keeps freed blocks (glibc does, for PyTorch's tensors) hides a step's working
+    memory, and the increase reads 0. Memory is measured in a step of its own, never in a timed
+    one, since the trim makes the next step fault its pages in again.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.page = interval, os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._go, self._stop = threading.Event(), False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        try:
+            import ctypes
+
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self):
+        while True:
+            self._go.wait()
+            if self._stop:
+                return
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def measure(self, fn) -> int:
+        """Run ``fn()``; return the peak RSS increase over the level at its start (bytes)."""
+        import gc
+
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+        base = self.rss()
+        self.peak = base
+        self._go.set()
+        try:
+            fn()
+        finally:
+            self._go.clear()
+        return max(self.peak, self.rss()) - base
+
+    def close(self):
+        self._stop = True
+        self._go.set()
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all processes), from /proc/stat; nan elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (sum(v) - v[3] - v[4]) / _TICK
+
+
+def _timed(fn, cpu: list | None = None, others: list | None = None):
+    """``(fn(), wall seconds)``. Appends this process's CPU seconds per wall second to ``cpu`` and
+    the other processes' to ``others`` (both in cores kept busy; /proc/stat has 10 ms ticks, so
+    ``others`` is coarse for short calls)."""
+    m0, c0, t0 = _machine_cpu_seconds(), _cpu_seconds(), time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - t0
+    c1, m1 = _cpu_seconds(), _machine_cpu_seconds()
+    if cpu is not None:
+        cpu.append((c1 - c0) / wall)
+    if others is not None:
+        others.append(max(0.0, (m1 - m0) - (c1 - c0)) / wall)
+    return out, wall
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def _memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return {}
+    if m is None:
+        return {}
+    return {"jax_xla_temp_mb": getattr(m, "temp_size_in_bytes", 0) / 2 ** 20,
+            "jax_xla_args_mb": getattr(m, "argument_size_in_bytes", 0) / 2 ** 20,
+            "jax_xla_out_mb": getattr(m, "output_size_in_bytes", 0) / 2 ** 20}
+
+
+def _stats(xs):
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else \
+        {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+
+
+# ----------------------------------------------------------------------------------------------
+# one configuration
+
+
+def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, sampler) -> dict:
+    row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "steps": args.steps,
+           "masks": args.masks, "torch_compile": args.torch_compile, "loadavg_start": os.getloadavg()}
+    content, styles, masks = make_inputs(size, k, args.masks)
+    cfg = StepConfig(approach, size, size, k, optimizer=optimizer)
+    lw = LossWeights.create(cfg)
+    model, smodel = weights.model(cfg.taps), weights.model(cfg.style_taps)
+    if approach == "localized":  # take each style from the central half of its image (paper 3.4)
+        region = np.zeros((size, size), np.float32)
+        region[size // 4:size - size // 4, size // 4:size - size // 4] = 1
+        seg = [engine.SegmentStyle(((i, 1.0, region),)) for i in range(k)]
+    else:
+        seg = [engine.SegmentStyle(((i, 1.0, None),)) for i in range(k)]
+
+    # -- JAX: targets, compile, cost analysis
+    t0 = time.perf_counter()
+    tg = engine.make_targets(cfg, model, jparams, content, masks, engine.segment_targets(smodel, jparams, styles, seg))
+    jax.block_until_ready(tg)
+    row["jax_targets_s"] = time.perf_counter() - t0
+    init, update = engine.make_update_fn(cfg, model)
+    x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
+    state = init(x0)
+    t0 = time.perf_counter()
+    compiled = update.lower(state, jparams, tg, lw).compile()
+    row["jax_compile_s"] = time.perf_counter() - t0
+    cost = _cost(compiled)
+    row["gflop_per_step"] = cost.get("flops", float("nan")) / 1e9
+    row["gbytes_accessed_per_step"] = cost.get("bytes accessed", float("nan")) / 1e9
+    row.update(_memory(compiled))
+
+    # -- PyTorch: targets
+    t0 = time.perf_counter()
+    ref = torch_reference.from_step_config(weights, cfg, lw, content, masks, styles, seg, init=x0,
+                                           compile=args.torch_compile)
+    row["torch_targets_s"] = time.perf_counter() - t0
+
+    def jax_step():
+        nonlocal state
+        state, info = compiled(state, jparams, tg, lw)
+        return float(jax.block_until_ready(info["loss"]))
+
+    evals = {"n": 0}
+    closure = ref._closure
+
+    def counted_closure():
+        evals["n"] += 1
+        return closure()
+
+    ref._closure = counted_closure
+
+    # -- first steps (compile-free for JAX; torch.compile compiles here) and warm-up
+    loss_j, row["jax_first_step_s"] = _timed(jax_step)
+    loss_t, row["torch_first_step_s"] = _timed(ref.step)
+    row["loss0_jax"], row["loss0_torch"] = loss_j, loss_t
+    row["loss0_rel_diff"] = abs(loss_j - loss_t) / abs(loss_t)
+    for _ in range(args.warmup):
+        jax_step()
+        ref.step()
+
+    if args.flop_count:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        xg = torch_reference._nchw(ref.image).requires_grad_(True)
+        with FlopCounterMode(display=False) as counter:
+            ref.loss(xg).backward()
+        row["torch_gflop_per_eval"] = counter.get_total_flops() / 1e9
+
+    # -- timed steps, alternating
+    jt, tt, jc, tc, busy = [], [], [], [], []
+    evals["n"] = 0
+    ls_steps = []
+    for _ in range(args.steps):
+        loss_j, s = _timed(jax_step, jc, busy)
+        jt.append(s)
+        if optimizer == "lbfgs":
+            import optax
+
+            ls_steps.append(int(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps")))
+        loss_t, s = _timed(ref.step, tc, busy)
+        tt.append(s)
+    js, ts = _stats(jt), _stats(tt)
+    row.update({f"jax_step_{k_}_s": v for k_, v in js.items()})
+    row.update({f"torch_step_{k_}_s": v for k_, v in ts.items()})
+    row["ratio"] = js["median"] / ts["median"]
+    # CPU seconds per wall second during the timed steps: ~ the number of cores kept busy. Far
+    # below the thread count means the threads waited (e.g. for a core another process holds).
+    row["jax_cpu_util"], row["torch_cpu_util"] = statistics.median(jc), statistics.median(tc)
+    row["others_cpu_util"] = max(busy)  # the worst disturbance seen during a timed step, in cores
+    row["loss_last_jax"], row["loss_last_torch"] = loss_j, loss_t
+    # after the same number of steps from the same start: how far the two images drifted apart
+    diff = np.abs(np.asarray(state.image) - ref.image)
+    row["image_max_abs_diff"], row["image_mean_abs_diff"] = float(diff.max()), float(diff.mean())
+    if optimizer == "lbfgs":
+        row["jax_linesearch_steps"] = ls_steps
+        row["torch_evals_per_step"] = evals["n"] / max(args.steps, 1)
+    flops = row["gflop_per_step"]
+    row["jax_gflops"] = flops / js["median"]
+    row["torch_gflops"] = flops / ts["median"]
+    row["jax_pct_peak"] = 100 * row["jax_gflops"] / peak["peak_gflops"]
+    row["torch_pct_peak"] = 100 * row["torch_gflops"] / peak["peak_gflops"]
+    stats = jax.devices()[0].memory_stats()
+    if stats:
+        row["jax_memory_stats"] = {k_: stats[k_] for k_ in ("peak_bytes_in_use", "bytes_limit") if k_ in stats}
+        row["jax_mem_source"] = "device memory_stats"
+    else:
+        row["jax_mem_source"] = "process RSS"
+    row["jax_step_rss_mb"] = sampler.measure(jax_step) / 2 ** 20  # one more step each, untimed
+    row["torch_step_rss_mb"] = sampler.measure(ref.step) / 2 ** 20
+    row["torch_mem_source"] = "process RSS"
+    row["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    if args.breakdown:
+        row["breakdown"] = breakdown(cfg, model, jparams, tg, lw, ref, x0, args.breakdown_reps)
+    row["loadavg_end"] = os.getloadavg()
+    row.update(peak)
+    row.update(env)
+    del state, compiled, ref
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# where the time goes
+
+
+def _jax_style_term(cfg, feats, tg, lw):
+    """The style part of the engine's loss, from features: what the Gram work costs on its own."""
+    layer_weights = {t: lw.layers[i] for i, t in enumerate(cfg.style_taps)}
+    if cfg.approach == "multipass":
+        def per_image(f, style_k):
+            return sum(layer_weights[t] * losses.style_error(losses.gram(f[t]), style_k[t]) for t in cfg.style_taps)
+        return jnp.sum(lw.segments * jax.vmap(per_image)(feats, tg.style))
+    layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, cfg.style_taps))(tg.masks)
+    per_segment = jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(feats, layer_masks, tg.style,
+                                                                                  layer_weights)
+    return jnp.sum(lw.segments * per_segment)
+
+
+def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
+    """Median seconds of the step's pieces, JAX and PyTorch taking turns on the same input:
+
+    ``vgg_forward``; ``vgg_forward_backward`` (fixed random cotangents at the taps, no Gram);
+    ``style_grad_from_features`` (the Gram / style-error part and its gradient w.r.t. the features,
+    without VGG); ``loss_forward``; ``loss_and_grad``. Also the CPU util of each (cores busy).
+    """
+    loss_fn = engine.multipass_loss if cfg.approach == "multipass" else engine.one_image_loss
+    x = jnp.asarray(x0)
+    feats = jax.jit(lambda x: model.apply({"params": params}, x))(x)
+    style_feats = {t: feats[t] for t in cfg.style_taps}
+    rng = np.random.default_rng(0)
+    cot = {t: jnp.asarray(rng.standard_normal(f.shape, np.float32)) for t, f in feats.items()}
+
+    def vgg_dot(x):
+        f = model.apply({"params": params}, x)
+        return sum(jnp.vdot(f[t], cot[t]) for t in f)
+
+    jfns = {
+        "vgg_forward": (jax.jit(lambda x: model.apply({"params": params}, x)), x),
+        "vgg_forward_backward": (jax.jit(jax.grad(vgg_dot)), x),
+        "style_grad_from_features": (jax.jit(jax.value_and_grad(lambda f: _jax_style_term(cfg, f, tg, lw))),
+                                     style_feats),
+        "loss_forward": (jax.jit(lambda x: loss_fn(cfg, model, x, params, tg, lw)[0]), x),
+        "loss_and_grad": (jax.jit(jax.value_and_grad(lambda x: loss_fn(cfg, model, x, params, tg, lw)[0])), x),
+    }
+
+    xt = torch_reference._nchw(x0)
+    nchw = (lambda a: torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()) if np.ndim(x0) == 4 else \
+        (lambda a: torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].contiguous())
+    tcot = {t: nchw(c) for t, c in cot.items()}
+    with torch.no_grad():
+        tfeats = {t: f for t, f in ref.vgg(xt).items() if t in cfg.style_taps}
+
+    def t_fwd():
+        with torch.no_grad():
+            ref.vgg(xt)
+
+    def t_fwd_bwd():
+        xg = xt.clone().requires_grad_(True)
+        f = ref.vgg(xg)
+        torch.autograd.grad(sum((f[t] * tcot[t]).sum() for t in f), xg)
+
+    def t_style():
+        f = {t: v.detach().requires_grad_(True) for t, v in tfeats.items()}
+        torch.autograd.grad(ref.style_term(f).sum(), list(f.values()))
+
+    def t_loss():
+        with torch.no_grad():
+            ref._loss(xt)
+
+    def t_loss_grad():
+        xg = xt.clone().requires_grad_(True)
+        torch.autograd.grad(ref._loss(xg), xg)
+
+    tfns = {"vgg_forward": t_fwd, "vgg_forward_backward": t_fwd_bwd, "style_grad_from_features": t_style,
+            "loss_forward": t_loss, "loss_and_grad": t_loss_grad}
+    for name, (fn, arg) in jfns.items():  # compile and warm up
+        jax.block_until_ready(fn(arg))
+        tfns[name]()
+    acc = {f"{side}_{name}": ([], []) for name in jfns for side in ("jax", "torch")}
+    others = []
+    for _ in range(reps):
+        for name, (fn, arg) in jfns.items():
+            _, s = _timed(lambda: jax.block_until_ready(fn(arg)), acc[f"jax_{name}"][1], others)
+            acc[f"jax_{name}"][0].append(s)
+            _, s = _timed(tfns[name], acc[f"torch_{name}"][1], others)
+            acc[f"torch_{name}"][0].append(s)
+    out = {"others_cpu_util": max(others)}
+    for key, (times, util) in acc.items():
+        out[f"{key}_s"] = statistics.median(times)
+        out[f"{key}_cpu_util"] = statistics.median(util)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+def markdown(rows) -> str:
+    head = ("| size | K | approach | opt | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
+            "| PyTorch step s med (min-max) "
+            "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step RSS MB JAX / PyTorch "
+            "| XLA temp MB | CPU util JAX / PyTorch / others | loss0 rel diff |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['jax_compile_s']:.1f} "
+            f"| {r['torch_first_step_s']:.1f}{' (compile)' if r['torch_compile'] else ''} "
+            f"| {r['jax_step_median_s']:.3f} ({r['jax_step_min_s']:.3f}-{r['jax_step_max_s']:.3f}) "
+            f"| {r['torch_step_median_s']:.3f} ({r['torch_step_min_s']:.3f}-{r['torch_step_max_s']:.3f}) "
+            f"| {r['ratio']:.2f} | {r['gflop_per_step']:.1f} "
+            f"| {r['jax_gflops']:.0f} ({r['jax_pct_peak']:.0f}%) | {r['torch_gflops']:.0f} ({r['torch_pct_peak']:.0f}%) "
+            f"| {r['jax_step_rss_mb']:.0f} / {r['torch_step_rss_mb']:.0f} | {r.get('jax_xla_temp_mb', float('nan')):.0f} "
+            f"| {r['jax_cpu_util']:.2f} / {r['torch_cpu_util']:.2f} / {r['others_cpu_util']:.2f} "
+            f"| {r['loss0_rel_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def breakdown_markdown(rows) -> str:
+    rows = [r for r in rows if "breakdown" in r]
+    if not rows:
+        return ""
+    parts = ["vgg_forward", "vgg_forward_backward", "style_grad_from_features", "loss_forward", "loss_and_grad"]
+    lines = ["| size | K | approach | part | JAX s | PyTorch s | JAX/PyTorch | CPU util JAX / PyTorch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = r["breakdown"]
+        for p in parts:
+            j, t = b[f"jax_{p}_s"], b[f"torch_{p}_s"]
+            lines.append(f"| {r['size']} | {r['segments']} | {r['approach']} | {p} | {j:.3f} | {t:.3f} | {j / t:.2f} "
+                         f"| {b[f'jax_{p}_cpu_util']:.2f} / {b[f'torch_{p}_cpu_util']:.2f} |")
+        j = r["jax_step_median_s"] - b["jax_loss_and_grad_s"]
+        t = r["torch_step_median_s"] - b["torch_loss_and_grad_s"]
+        lines.append(f"| {r['size']} | {r['segments']} | {r['approach']} | step - loss_and_grad (optimizer, clip, "
+                     f"checks) | {j:.3f} | {t:.3f} | | others: {b['others_cpu_util']:.2f} (max) |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="64 and 128 px, K 1 and 2, blended + multipass, adam, 3 steps")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256])
+    p.add_argument("--segments", type=int, nargs="+", default=[2])
+    p.add_argument("--approaches", nargs="+", default=["blended"], choices=torch_reference.APPROACHES)
+    p.add_argument("--optimizers", nargs="+", default=["adam"], choices=("adam", "lbfgs"))
+    p.add_argument("--steps", type=int, help="timed steps per implementation (default 5; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
+    p.add_argument("--masks", default="bands", choices=("bands", "hbands", "ellipse"))
+    p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
+    p.add_argument("--torch-compile", action="store_true", help="wrap the PyTorch loss in torch.compile")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--peak-n", type=int, help="matrix size of the peak measurement (default 2048 quick, else 4096)")
+    p.add_argument("--no-flop-count", dest="flop_count", action="store_false",
+                   help="skip the torch FlopCounterMode cross-check")
+    p.add_argument("--breakdown", action="store_true", help="also time VGG forward / backward / loss parts")
+    p.add_argument("--breakdown-reps", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.segments = [64, 128], [1, 2]
+        args.approaches, args.optimizers = ["blended", "multipass"], ["adam"]
+        args.steps = args.steps or 3
+        args.peak_n = args.peak_n or 2048
+    args.steps = args.steps or 5
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    t_start = time.perf_counter()
+    env = environment()
+    env["cpu_busy_at_start_pct"] = busy = machine_busy_pct()
+    if busy > 10:
+        print(f"# WARNING: the CPU was {busy:.0f}% busy before this benchmark started: other processes compete for "
+              f"the cores and distort timings (PyTorch's OpenMP threads most); watch the CPU util columns",
+              file=sys.stderr)
+    peak = measure_peak(args.peak_n or 4096, reps=5)
+    print(f"# {env['device']} ({env['cpu']}, {env['cpu_count']} cpus); peak {peak['peak_gflops']:.0f} GFLOP/s "
+          f"from {peak['peak_source']} {peak['peak_all_gflops']}", file=sys.stderr, flush=True)
+    weights = load_default_weights()
+    jparams = jax.tree.map(jnp.asarray, weights.params)  # on the device once, not per step
+    sampler = RssSampler()
+    rows = []
+    out = open(args.jsonl, "a") if args.jsonl else None
+    try:
+        for size in args.sizes:
+            for k in args.segments:
+                for approach in args.approaches:
+                    for optimizer in args.optimizers:
+                        row = run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, sampler)
+                        line = json.dumps(row, default=float)
+                        print(line, flush=True)
+                        if out:
+                            out.write(line + "\n")
+                            out.flush()
+                        rows.append(row)
+    finally:
+        sampler.close()
+        if out:
+            out.close()
+    v = env["versions"]
+    print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
+          f"XLA_FLAGS={env['XLA_FLAGS']!r} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
+          f"torch {v['torch']} | CPU {env['cpu_busy_at_start_pct']:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
+          f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
+    print(markdown(rows))
+    extra = breakdown_markdown(rows)
+    if extra:
+        print("\n" + extra)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
