@@ -6,7 +6,8 @@ Data flow (shapes for ``K`` segments, image ``[h, w, 3]``, tap ``l`` of ``[h_l, 
     content image --model--> content features P_l [h_l, w_l, c_l]           (once)
     make_update_fn(config, model) -> update(state, params, targets, weights) (jit, state donated)
         VGG forward once (K images for multipass), locality-weighted masks, layer masks for every
-        segment, masked Grams vmapped over segments, content, TV, value_and_grad w.r.t. the image
+        segment (vmapped), the K masked Grams of each tap as one product, content, TV,
+        value_and_grad w.r.t. the image
         only, the optax update, clipping to [0, 1].
     optimize(...) runs the step ``steps`` times from Python (the safe default measured in
         DESIGN.md section 6), reports progress, and stops on a non-finite loss keeping the last
@@ -176,8 +177,7 @@ def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targe
     if config.use_locality:
         seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
     layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, config.style_taps))(seg_masks)
-    per_segment = jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(
-        feats, layer_masks, targets.style, _layer_weight_dict(config, weights))
+    per_segment = losses.segments_style_loss(feats, layer_masks, targets.style, _layer_weight_dict(config, weights))
     terms = {"content": _content_term(config, feats, targets),
              "style": jnp.sum(weights.segments * per_segment),
              "tv": losses.total_variation(image),

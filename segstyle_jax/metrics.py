@@ -39,8 +39,10 @@ def _style_matrix(model: VGG, style_taps, params, image, seg_masks, style_grams,
     lw = {t: layer_weights[i] for i, t in enumerate(style_taps)}
     layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, style_taps))(seg_masks)
     targets = {t: style_grams[t] for t in style_taps}
-    row = jax.vmap(losses.segment_style_loss, in_axes=(None, None, 0, None))  # over styles
-    return jax.vmap(row, in_axes=(None, 0, None, None))(feats, layer_masks, targets, lw)  # over segments
+    per_style = jax.vmap(losses.segments_style_loss, in_axes=(None, None, 0, None))  # -> [S, K]
+    k = seg_masks.shape[0]
+    tiled = {t: jnp.broadcast_to(g[:, None], (g.shape[0], k) + g.shape[1:]) for t, g in targets.items()}
+    return per_style(feats, layer_masks, tiled, lw).T
 
 
 def boundary_band(seg_masks: np.ndarray, band_px: float) -> np.ndarray:

@@ -451,3 +451,43 @@ def test_vmap_over_segments_equals_loop():
             feats, {t: v[k] for t, v in masks_k.items()}, {t: v[k] for t, v in targets_k.items()}, weights
         )
         np.testing.assert_allclose(batched[k], ref, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the batched form used by the engine
+
+
+@pytest.mark.parametrize("shape,k", [((6, 5, 4), 3), ((3, 7, 2), 1)])
+def test_masked_grams_equals_vmapped_masked_gram(shape, k):
+    rng = np.random.default_rng(7)
+    f = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    m = jnp.asarray(rng.uniform(size=(k,) + shape[:2]).astype(np.float32)).at[0].set(0.0)  # one empty
+    g, area = losses.masked_grams(f, m)
+    g_ref, area_ref = jax.vmap(losses.masked_gram, in_axes=(None, 0))(f, m)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(area, area_ref, rtol=1e-6)
+    assert np.all(np.asarray(g[0]) == 0)
+
+
+def test_segments_style_loss_equals_vmap_of_segment_style_loss_with_gradients():
+    rng = np.random.default_rng(8)
+    taps = {"a": (6, 6, 3), "b": (3, 3, 5)}
+    k = 3
+    feats = {t: jnp.asarray(rng.normal(size=s).astype(np.float32)) for t, s in taps.items()}
+    masks_ = {t: jnp.asarray(rng.uniform(size=(k,) + s[:2]).astype(np.float32)) for t, s in taps.items()}
+    masks_["b"] = masks_["b"].at[2].set(0.0)  # segment 2 vanishes at the deeper tap
+    targets = {t: jnp.asarray(rng.normal(size=(k, s[2], s[2])).astype(np.float32)) for t, s in taps.items()}
+    weights = {"a": 0.5, "b": 2.0}
+
+    def batched(f):
+        return losses.segments_style_loss(f, masks_, targets, weights)
+
+    def vmapped(f):
+        return jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(f, masks_, targets, weights)
+
+    np.testing.assert_allclose(batched(feats), vmapped(feats), rtol=1e-5)
+    gb = jax.grad(lambda f: jnp.sum(batched(f) * jnp.arange(1.0, k + 1)))(feats)
+    gv = jax.grad(lambda f: jnp.sum(vmapped(f) * jnp.arange(1.0, k + 1)))(feats)
+    for t in taps:
+        np.testing.assert_allclose(gb[t], gv[t], rtol=1e-4, atol=1e-6)
+        assert np.all(np.isfinite(np.asarray(gb[t])))
