@@ -28,12 +28,17 @@ DEFAULT_WEIGHTS = {"content": 1.0, "style": 1e3, "tv": 10.0}
 
 @dataclass
 class Progress:
-    """Passed to the ``callback`` of :func:`stylize` after every step."""
+    """Passed to the ``callback`` of :func:`stylize` after every step.
+
+    ``step`` counts from 1 within scale ``scale_index`` (of ``num_scales``), which has ``steps``
+    steps; ``done`` and ``total`` count steps over all scales."""
 
     scale_index: int
     num_scales: int
     step: int
     steps: int
+    done: int
+    total: int
     loss: float
     terms: dict
     _image: Callable[[], np.ndarray]
@@ -131,7 +136,7 @@ def stylize(
     styles: Mapping[str, Any],
     approach: str = "blended",
     *,
-    steps: int = 200,
+    steps: int | Sequence[int] = 200,
     size: int = 256,
     scales: Sequence[float] = (1.0,),
     content_weight: float = DEFAULT_WEIGHTS["content"],
@@ -165,7 +170,7 @@ def stylize(
         mask file (label PNG), or a list of grayscale mask files; the content image's size.
       styles: segment label -> style image, or -> ``[(image, weight), ...]`` to blend styles.
       approach: ``multipass``, ``blended``, ``locality`` or ``localized`` (see README).
-      steps: optimizer steps at each scale.
+      steps: optimizer steps at each scale (an int), or one count per scale.
       size: longest side of the output in pixels.
       scales: coarse-to-fine schedule as fractions of ``size`` (e.g. ``(0.5, 1.0)``); each scale
         starts from the previous result, upsampled.
@@ -192,8 +197,6 @@ def stylize(
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     if not scales or any(not 0 < s <= 1 for s in scales):
         raise ValueError(f"scales must be fractions in (0, 1], got {scales}")
     if style_scale <= 0:
@@ -249,11 +252,13 @@ def stylize(
     vgg_weights = resolve_weights(weights)
     keep_color = _keep_color_flags(preserve_color, seg.labels)
 
-    # --- coarse to fine ---
-    all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
-    current, stopped = None, "completed"
+    # --- every scale's shapes and weights, checked before any compute ---
+    steps_per_scale = [steps] * len(scales) if isinstance(steps, int) else [int(s) for s in steps]
+    if len(steps_per_scale) != len(scales) or min(steps_per_scale) < 1:
+        raise ValueError(f"steps must be a positive int or one positive int per scale ({len(scales)}); got {steps}")
     out_hw = images_lib.resize_longest(content_image, size).shape[:2]
-    for si, scale in enumerate(scales):
+    plans = []
+    for scale in scales:
         longest = max(16, round(size * scale))
         content_s = images_lib.resize_longest(content_image, longest)
         hw = content_s.shape[:2]
@@ -263,25 +268,26 @@ def stylize(
                 raise ValueError(f"segment {label!r} vanishes at {hw[1]}x{hw[0]} px; use a larger size")
         config = StepConfig(approach, hw[0], hw[1], seg.num_segments, tuple(style_layers), tuple(content_layers),
                             pooling=pooling, optimizer=optimizer, learning_rate=learning_rate)
-        model = vgg_weights.model(config.taps, pooling)
-        style_model = vgg_weights.model(config.style_taps, pooling)
-        style_long = max(16, round(style_scale * longest))
-        styles_s = [images_lib.resize_longest(s, style_long) for s in style_originals]
-        seg_styles = []
-        for k, parts in enumerate(segment_parts):
-            seg_parts = []
-            for j, (index, w, _) in enumerate(parts):
-                region = region_originals.get((k, j))
-                if region is not None:
-                    region = _resize_mask(region, styles_s[index].shape[:2])
-                seg_parts.append((index, w, region))
-            seg_styles.append(engine.SegmentStyle(tuple(seg_parts)))
-        style_targets = engine.segment_targets(style_model, vgg_weights.params, styles_s, seg_styles)
-        targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
         loss_weights = LossWeights.create(
             config, content=content_weight, style=style_weight, tv=tv_weight,
             segments=[segment_weights.get(label, 1.0) for label in seg.labels],
             layers=layer_weights, gamma=gamma, rho=rho)
+        plans.append((config, loss_weights, content_s, seg_s, max(16, round(style_scale * longest))))
+
+    # --- coarse to fine ---
+    all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
+    current, stopped = None, "completed"
+    for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
+        hw = (config.height, config.width)
+        model = vgg_weights.model(config.taps, pooling)
+        styles_s = [images_lib.resize_longest(s, style_long) for s in style_originals]
+        seg_styles = [engine.SegmentStyle(tuple(
+            (index, w, None if (k, j) not in region_originals
+             else _resize_mask(region_originals[(k, j)], styles_s[index].shape[:2]))
+            for j, (index, w, _) in enumerate(parts))) for k, parts in enumerate(segment_parts)]
+        style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
+                                               styles_s, seg_styles)
+        targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
 
         if current is not None:
             start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
@@ -300,10 +306,12 @@ def stylize(
 
         def on_step(step, info, state, si=si, seg_s=seg_s):
             if callback is not None:
-                callback(Progress(si, len(scales), step, steps, info["loss"], info,
+                callback(Progress(si, len(scales), step, steps_per_scale[si], sum(steps_per_scale[:si]) + step,
+                                  sum(steps_per_scale), info["loss"], info,
                                   lambda: _final_image(state, approach, seg_s.masks, feather_px)))
 
-        state, log = engine.optimize(update, state, vgg_weights.params, targets, loss_weights, steps, on_step)
+        state, log = engine.optimize(update, state, vgg_weights.params, targets, loss_weights,
+                                     steps_per_scale[si], on_step)
         all_losses += log.losses
         all_terms += log.terms
         step_seconds += log.step_seconds

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--approach", choices=APPROACHES, default="locality")
-    opt.add_argument("--steps", type=int, default=200, help="steps per scale (default 200)")
+    opt.add_argument("--steps", type=int, nargs="+", default=[200], metavar="N",
+                     help="steps (default 200); with --scales, one count for every scale or one per scale")
     opt.add_argument("--size", type=int, default=256, help="longest side of the output, pixels (default 256)")
     opt.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="F",
                      help="coarse-to-fine fractions of --size, e.g. 0.5 1 (default 1)")
@@ -172,8 +173,7 @@ class ProgressBar:
     def __call__(self, p) -> None:
         now = time.perf_counter()
         per_step, self.last = now - self.last, now
-        total = p.steps * p.num_scales
-        done = p.scale_index * p.steps + p.step
+        total, done = p.total, p.done
         filled = int(self.width * done / total)
         scale = f" scale {p.scale_index + 1}/{p.num_scales}" if p.num_scales > 1 else ""
         line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] step {p.step}/{p.steps}{scale} "
@@ -308,7 +308,8 @@ def cmd_stylize(args) -> int:
             frames(p)
 
         results[approach] = api.stylize(
-            content, segmentation, styles, approach, steps=args.steps, size=args.size, scales=args.scales,
+            content, segmentation, styles, approach, steps=args.steps[0] if len(args.steps) == 1 else args.steps,
+            size=args.size, scales=args.scales,
             content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
             segment_weights=segment_weights, style_layers=args.style_layers, layer_weights=args.layer_weights,
             content_layers=args.content_layers, gamma=args.gamma, rho=args.rho,

@@ -33,6 +33,18 @@ def test_coarse_to_fine_blend_colour_and_callback(tiny_scene, random_weights):
     assert [(p.scale_index, p.step) for p in seen] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
     assert seen[-1].image().shape == (33, 40, 3)
     assert r.images.shape == (2, 33, 40, 3) and len(r.losses) == 6
+    assert [(p.done, p.total) for p in seen] == [(i, 6) for i in range(1, 7)]
+
+
+def test_steps_per_scale(tiny_scene, random_weights):
+    seen = []
+    r = api.stylize(tiny_scene["content"], tiny_scene["labels"], tiny_scene["styles"], weights=random_weights,
+                    scales=(0.5, 1.0), callback=seen.append, **{**FAST, "steps": (4, 2)})
+    assert [(p.scale_index, p.step, p.steps) for p in seen][3:] == [(0, 4, 4), (1, 1, 2), (1, 2, 2)]
+    assert len(r.losses) == 6 and seen[-1].done == seen[-1].total == 6
+    with pytest.raises(ValueError, match="one positive int per scale"):
+        api.stylize(tiny_scene["content"], tiny_scene["labels"], tiny_scene["styles"], weights=random_weights,
+                    scales=(0.5, 1.0), **{**FAST, "steps": (4,)})
 
 
 @pytest.mark.parametrize("change,message", [
