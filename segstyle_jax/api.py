@@ -60,7 +60,8 @@ class Result:
       terms: per step ``content``, ``style``, ``tv`` and ``per_segment``.
       metrics: quality metrics (:mod:`segstyle_jax.metrics`) or ``None``.
       images: multipass only, the ``K`` uncomposited images ``[K, h, w, 3]``.
-      compile_seconds, step_seconds: timings of the compiled step.
+      compile_seconds: time spent compiling the update step (all scales).
+      step_seconds: wall time of every step after the first of each scale.
       stopped: ``"completed"`` or why the run stopped early.
     """
 
@@ -303,6 +304,8 @@ def stylize(
 
         init_fn, update = engine.make_update_fn(config, model)
         state = init_fn(start)
+        update, seconds, _ = engine.compile_update(update, state, vgg_weights.params, targets, loss_weights, config)
+        compile_seconds += seconds
 
         def on_step(step, info, state, si=si, seg_s=seg_s):
             if callback is not None:
@@ -315,7 +318,6 @@ def stylize(
         all_losses += log.losses
         all_terms += log.terms
         step_seconds += log.step_seconds
-        compile_seconds += log.compile_seconds
         current = np.asarray(state.image)
         if log.stopped != "completed":
             stopped = log.stopped

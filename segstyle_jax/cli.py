@@ -19,7 +19,7 @@ import numpy as np
 from segstyle_jax import __version__
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS
 
-USER_ERRORS = (ValueError, FileNotFoundError)  # WeightsError and ImageError are ValueErrors
+USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
 
 
 # ----------------------------------------------------------------------------------------------

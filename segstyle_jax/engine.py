@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -264,6 +265,40 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     return init, update
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the step may use: the accelerator's limit, or the host's available RAM on CPU."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def compile_update(update, state: State, params, targets: Targets, weights: LossWeights, config: StepConfig):
+    """Compile ``update`` ahead of time for these shapes -> ``(compiled, seconds, bytes needed)``.
+
+    Raises ``MemoryError`` (before anything runs) when XLA's estimate of the step's memory
+    (arguments, outputs and temporaries) exceeds what :func:`available_memory_bytes` reports, with
+    the sizes in the message. ``compiled`` is called like ``update``."""
+    t0 = time.perf_counter()
+    compiled = update.lower(state, params, targets, weights).compile()
+    seconds = time.perf_counter() - t0
+    analysis = compiled.memory_analysis()
+    need = None
+    if analysis is not None:
+        need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                - analysis.alias_size_in_bytes)
+        have = available_memory_bytes()
+        if have is not None and need > 0.9 * have:
+            raise MemoryError(
+                f"a {config.width}x{config.height} {config.approach} step with {config.num_segments} segments needs "
+                f"about {need / 2**30:.1f} GiB, but only {have / 2**30:.1f} GiB is available; use a smaller size")
+    return compiled, seconds, need
+
+
 # ----------------------------------------------------------------------------------------------
 # the host loop
 
@@ -274,7 +309,7 @@ class RunLog:
 
     losses: list[float] = field(default_factory=list)
     terms: list[dict] = field(default_factory=list)
-    compile_seconds: float = 0.0
+    first_step_seconds: float = 0.0  # includes compiling, unless ``update`` was compiled ahead
     step_seconds: list[float] = field(default_factory=list)
     stopped: str = "completed"
 
@@ -294,7 +329,7 @@ def optimize(update, state: State, params, targets: Targets, weights: LossWeight
         info = jax.device_get(info)  # waits for the step; progress needs the loss anyway
         elapsed = time.perf_counter() - t0
         if i == 0:
-            log.compile_seconds = elapsed
+            log.first_step_seconds = elapsed
         else:
             log.step_seconds.append(elapsed)
         host = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in info.items()}

@@ -98,3 +98,13 @@ def test_real_photo_each_segment_wears_its_own_style(approach):
         return
     for row in r.metrics["segments"]:
         assert row["wears_own_style"], row
+
+
+def test_too_large_for_memory_is_refused_before_running(tiny_scene, random_weights, monkeypatch):
+    from segstyle_jax import engine
+
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: 1 << 20)  # pretend 1 MiB is free
+    seen = []
+    with pytest.raises(MemoryError, match=r"40x33 blended step with 2 segments needs about .* GiB, but only 0.0 GiB"):
+        run(tiny_scene, random_weights, approach="blended", callback=seen.append)
+    assert seen == []  # no step ran

@@ -132,3 +132,12 @@ def test_person_model_missing_and_unfetchable_is_one_line(files, monkeypatch, tm
     assert main(["segment", str(files / "photo.png"), "--segments", "person", "-o", str(files / "l.png")]) == 2
     err = capsys.readouterr().err
     assert "first use of person segmentation" in err and "error: no registry reachable" in err
+
+
+def test_too_large_for_memory_is_one_line(files, random_weights_file, monkeypatch, capsys):
+    from segstyle_jax import engine
+
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: 1 << 20)
+    assert main(base_args(files, random_weights_file, "--output", str(files / "o.png"))) == 2
+    err = capsys.readouterr().err
+    assert "error: a 40x33 locality step with 2 segments needs about" in err and not (files / "o.png").exists()
