@@ -59,3 +59,16 @@ def test_unknown_tap_is_an_error():
         vgg.VGG("vgg16", taps=("relu6_1",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="relu5_4"):  # vgg16 has three convolutions in block 5
         vgg.VGG("vgg16", taps=("relu5_4",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_reshape_pooling_equals_flax_pooling_and_its_gradient(pooling):
+    import flax.linen as nn
+
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 7, 9, 3)).astype(np.float32))  # odd sizes, no ties
+    flax_pool = nn.max_pool if pooling == "max" else nn.avg_pool
+    ref = lambda v: flax_pool(v, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+    ours = lambda v: vgg.pool_2x2(v, pooling)  # noqa: E731
+    np.testing.assert_array_equal(ours(x), ref(x))
+    w = jnp.arange(2 * 3 * 4 * 3, dtype=jnp.float32).reshape(2, 3, 4, 3)
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(ours(v) * w))(x), jax.grad(lambda v: jnp.sum(ref(v) * w))(x))
