@@ -26,8 +26,8 @@ schedule's own step to target from 473 to 451. Runs on an idle machine repeat to
 steps at half size, ``adam0.05@1`` = Adam with learning rate 0.05 at full size, ``lbfgs@1`` =
 optax's L-BFGS at full size). Every stage is one :func:`stylize` call at ``size * SCALE`` starting
 from the previous stage's image (``init=``, upsampled by :func:`stylize` itself with the same
-Lanczos resize its own ``scales=`` schedule uses), which is how per-scale step counts are
-expressed: the API runs the same ``steps`` at every scale. The last stage must be at full size;
+Lanczos resize its own ``scales=`` schedule uses), which lets every stage have its own optimizer
+and learning rate (``stylize(scales=..., steps=(...))`` covers per-scale step counts alone). The last stage must be at full size;
 it runs until its loss first reaches the target, or its step budget (``STEPS``, default
 ``--ref-steps``) or the wall budget (``--budget``, 0.8, x the plain schedule's time to target) runs
 out: a candidate slower than that is no contender, and is reported as ``> budget``.

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Hubble deep field) with all four approaches; writes the mask overlay, the "
                                    "result, a side-by-side sheet and the metrics into --output-dir.")
     p.add_argument("--output-dir", "-o", default="segstyle_demo", help="folder for the outputs (default segstyle_demo)")
-    p.add_argument("--size", type=int, default=160, help="longest side in pixels (default 160: ~4 min on 2 CPU cores)")
+    p.add_argument("--size", type=int, default=160, help="longest side in pixels (default 160: about 2.5 min on 2 CPU cores)")
     p.add_argument("--steps", type=int, default=100, help="Adam steps per approach (default 100)")
     p.add_argument("--approach", choices=APPROACHES, default="locality", help="the approach for result.png")
     p.set_defaults(func=cmd_demo)
