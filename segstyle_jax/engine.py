@@ -31,7 +31,6 @@ as blending the losses (what neural-style does) at the cost of one Gram.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -353,7 +352,3 @@ def noise_image(key, shape, content=None, ratio: float = 1.0) -> jax.Array:
     """Uniform noise in [0, 1] of ``shape``, mixed with ``content`` by ``ratio`` (1 = pure noise)."""
     noise = jax.random.uniform(key, shape, jnp.float32)
     return noise if content is None else ratio * noise + (1 - ratio) * jnp.broadcast_to(content, shape)
-
-
-def steps_per_second(log: RunLog) -> float:
-    return 1.0 / float(np.median(log.step_seconds)) if log.step_seconds else math.nan

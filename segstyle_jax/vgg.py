@@ -86,13 +86,6 @@ def tap_block(tap: str) -> int:
     return int(match.group(1) or match.group(2))
 
 
-def tap_channels(arch: str, tap: str) -> int:
-    """Number of channels of layer ``tap`` (``'relu4_2'`` -> 512)."""
-    if tap not in layer_names(arch):
-        raise ValueError(f"{tap!r} is not a layer of {arch}; layers are {', '.join(layer_names(arch))}")
-    return _WIDTHS[tap_block(tap) - 1]
-
-
 def pool_2x2(x, pooling: str = "max"):
     """2x2 stride-2 VALID pooling of ``[N, h, w, c]`` -> ``[N, h // 2, w // 2, c]`` (odd sizes drop
     the last row/column), the same values as ``flax.linen.max_pool``/``avg_pool``.
