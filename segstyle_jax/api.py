@@ -31,7 +31,10 @@ class Progress:
     """Passed to the ``callback`` of :func:`stylize` after every step.
 
     ``step`` counts from 1 within scale ``scale_index`` (of ``num_scales``), which has ``steps``
-    steps; ``done`` and ``total`` count steps over all scales."""
+    steps; ``done`` and ``total`` count steps over all scales. A multipass run split into one pass
+    per segment (``stylize(batch_passes=...)``) runs pass ``pass_index`` of ``num_passes`` after the
+    other; ``done``/``total`` then count the steps of every pass, and ``loss``/``terms`` are the
+    current pass's."""
 
     scale_index: int
     num_scales: int
@@ -42,9 +45,12 @@ class Progress:
     loss: float
     terms: dict
     _image: Callable[[], np.ndarray]
+    pass_index: int = 0
+    num_passes: int = 1
 
     def image(self) -> np.ndarray:
-        """The current image ``[h, w, 3]`` in [0, 1] (multipass: already composited)."""
+        """The current image ``[h, w, 3]`` in [0, 1] (multipass: already composited). Call it inside
+        the callback: the next step reuses (donates) the buffers it reads."""
         return self._image()
 
 
@@ -162,6 +168,7 @@ def stylize(
     compute_metrics: bool = True,
     band_px: float | None = None,
     callback: Callable[[Progress], None] | None = None,
+    batch_passes: bool | None = None,
 ) -> Result:
     """Stylize ``content`` with one style per segment.
 
@@ -195,6 +202,9 @@ def stylize(
       compute_metrics: also compute :mod:`segstyle_jax.metrics` on the result.
       band_px: boundary band width for the leakage metric (default ``size / 32``, at least 2).
       callback: called with a :class:`Progress` after every step.
+      batch_passes: multipass only: ``True`` optimizes the ``K`` images as one batch, ``False`` one
+        after the other (the memory of one image; the same result), ``None`` batches when XLA's
+        memory estimate fits in the available memory and otherwise runs the passes one by one.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")
@@ -277,7 +287,7 @@ def stylize(
 
     # --- coarse to fine ---
     all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
-    current, stopped = None, "completed"
+    current, stopped, done_before = None, "completed", 0
     for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
         hw = (config.height, config.width)
         model = vgg_weights.model(config.taps, pooling)
@@ -302,23 +312,37 @@ def stylize(
         if approach == "multipass" and start.ndim == 3:
             start = np.broadcast_to(start, (config.num_images, *hw, 3))
 
-        init_fn, update = engine.make_update_fn(config, model)
-        state = init_fn(start)
-        update, seconds, _ = engine.compile_update(update, state, vgg_weights.params, targets, loss_weights, config)
+        init_fn, update, seconds, passes = _compile_passes(config, model, vgg_weights.params, targets, loss_weights,
+                                                           start, batch_passes)
         compile_seconds += seconds
+        images_s = np.array(start, np.float32)  # multipass: [K, h, w, 3], filled pass by pass when split
+        logs = []
+        for pi, (targets_p, weights_p, start_p) in enumerate(passes):
+            state = init_fn(start_p)
+            # done/total count the steps of every pass; scales not compiled yet are assumed to split alike
+            before = done_before + pi * steps_per_scale[si]
+            total = done_before + len(passes) * sum(steps_per_scale[si:])
 
-        def on_step(step, info, state, si=si, seg_s=seg_s):
-            if callback is not None:
-                callback(Progress(si, len(scales), step, steps_per_scale[si], sum(steps_per_scale[:si]) + step,
-                                  sum(steps_per_scale), info["loss"], info,
-                                  lambda: _final_image(state, approach, seg_s.masks, feather_px)))
+            def on_step(step, info, state, si=si, pi=pi, n=len(passes), before=before, total=total, seg_s=seg_s):
+                if callback is not None:
+                    callback(Progress(si, len(scales), step, steps_per_scale[si], before + step, total,
+                                      info["loss"], info,
+                                      lambda: _final_image_from(_with_pass(images_s, state, pi, n), approach,
+                                                                seg_s.masks, feather_px),
+                                      pi, n))
 
-        state, log = engine.optimize(update, state, vgg_weights.params, targets, loss_weights,
-                                     steps_per_scale[si], on_step)
+            state, log = engine.optimize(update, state, vgg_weights.params, targets_p, weights_p,
+                                         steps_per_scale[si], on_step)
+            logs.append(log)
+            images_s = _with_pass(images_s, state, pi, len(passes))
+            if log.stopped != "completed":
+                break
+        log = logs[0] if len(logs) == 1 else _merge_pass_logs(logs)
+        done_before += len(passes) * steps_per_scale[si]
         all_losses += log.losses
         all_terms += log.terms
         step_seconds += log.step_seconds
-        current = np.asarray(state.image)
+        current = images_s
         if log.stopped != "completed":
             stopped = log.stopped
             break
@@ -355,8 +379,55 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
 
 
-def _final_image(state: engine.State, approach: str, seg_masks, feather_px: float) -> np.ndarray:
-    return _final_image_from(np.asarray(state.image), approach, seg_masks, feather_px)
+def _compile_passes(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,
+                    batch_passes: bool | None):
+    """Compile the step of one scale -> ``(init, compiled update, seconds, [(targets, weights, start)] per pass)``.
+
+    One pass (the whole problem) unless ``config`` is multipass and either ``batch_passes`` is
+    ``False`` or it is ``None`` and the batched step does not fit in memory: then ``K`` passes of one
+    image each (:func:`engine.split_passes`), all run by one compiled program."""
+    seconds = 0.0
+    split = config.approach == "multipass" and config.num_segments > 1 and batch_passes is not True
+    if not split or batch_passes is None:
+        init_fn, update = engine.make_update_fn(config, model)
+        try:
+            compiled, seconds, _ = engine.compile_update(update, init_fn(start), params, targets, weights, config)
+            return init_fn, compiled, seconds, [(targets, weights, start)]
+        except MemoryError:
+            if not split:
+                raise
+    passes = engine.split_passes(config, targets, weights)
+    one, targets0, weights0 = passes[0]
+    init_fn, update = engine.make_update_fn(one, model)
+    compiled, more, _ = engine.compile_update(update, init_fn(start[:1]), params, targets0, weights0, one)
+    return init_fn, compiled, seconds + more, [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(passes)]
+
+
+def _with_pass(images: np.ndarray, state: engine.State, index: int, num_passes: int) -> np.ndarray:
+    """The images with pass ``index``'s current image in place (the state's image when unsplit)."""
+    if num_passes == 1:
+        return np.asarray(state.image)
+    images = images.copy()
+    images[index] = np.asarray(state.image)[0]
+    return images
+
+
+def _merge_pass_logs(logs: list[engine.RunLog]) -> engine.RunLog:
+    """Per-pass logs of a split multipass -> the log the batched step would have written: per step,
+    the total loss and style summed over passes, content and TV averaged, ``per_segment`` joined
+    (steps that not every pass reached are dropped)."""
+    n = min(len(log.losses) for log in logs)
+    merged = engine.RunLog(first_step_seconds=sum(log.first_step_seconds for log in logs),
+                           step_seconds=[t for log in logs for t in log.step_seconds],
+                           stopped=next((log.stopped for log in logs if log.stopped != "completed"), "completed"))
+    for i in range(n):
+        terms = [log.terms[i] for log in logs]
+        merged.losses.append(sum(log.losses[i] for log in logs))
+        merged.terms.append({"content": float(np.mean([t["content"] for t in terms])),
+                             "style": sum(t["style"] for t in terms),
+                             "tv": float(np.mean([t["tv"] for t in terms])),
+                             "per_segment": [v for t in terms for v in t["per_segment"]]})
+    return merged
 
 
 def _final_image_from(image: np.ndarray, approach: str, seg_masks, feather_px: float) -> np.ndarray:

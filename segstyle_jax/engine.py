@@ -30,6 +30,7 @@ as blending the losses (what neural-style does) at the cost of one Gram.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -341,6 +342,25 @@ def optimize(update, state: State, params, targets: Targets, weights: LossWeight
         if callback is not None:
             callback(i + 1, host, state)
     return state, log
+
+
+def split_passes(config: StepConfig, targets: Targets, weights: LossWeights) -> list[tuple[StepConfig, Targets, LossWeights]]:
+    """Multipass as ``K`` separate one-image passes, for when the batched step does not fit in memory.
+
+    Image ``k`` of :func:`multipass_loss` depends only on segment ``k``'s style target and weight
+    (Adam is elementwise too), so pass ``k`` is the same optimization with ``num_segments = 1``:
+    ``(config', targets', weights')`` with ``style[t] = style[t][k:k+1]``, ``masks``/``dist``
+    ``[1, h, w]`` and ``segments = [w_k]``. All passes share one shape, hence one compilation; the
+    memory is that of one image instead of ``K``.
+    """
+    if config.approach != "multipass":
+        raise ValueError(f"only multipass splits into passes, not {config.approach!r}")
+    one = dataclasses.replace(config, num_segments=1)
+    return [(one,
+             targets.replace(style={t: g[k:k + 1] for t, g in targets.style.items()},
+                             masks=targets.masks[k:k + 1], dist=targets.dist[k:k + 1]),
+             weights.replace(segments=weights.segments[k:k + 1]))
+            for k in range(config.num_segments)]
 
 
 def composite(images, seg_masks) -> jax.Array:

@@ -108,3 +108,35 @@ def test_too_large_for_memory_is_refused_before_running(tiny_scene, random_weigh
     with pytest.raises(MemoryError, match=r"40x33 blended step with 2 segments needs about .* GiB, but only 0.0 GiB"):
         run(tiny_scene, random_weights, approach="blended", callback=seen.append)
     assert seen == []  # no step ran
+
+
+def test_multipass_split_into_passes_gives_the_batched_result(tiny_scene, random_weights):
+    seen = []
+    batched = run(tiny_scene, random_weights, approach="multipass", batch_passes=True, compute_metrics=False)
+    split = run(tiny_scene, random_weights, approach="multipass", batch_passes=False, compute_metrics=False,
+                callback=seen.append)
+    np.testing.assert_allclose(split.images, batched.images, atol=1e-5)
+    np.testing.assert_allclose(split.losses, batched.losses, rtol=1e-5)
+    np.testing.assert_allclose([t["per_segment"] for t in split.terms], [t["per_segment"] for t in batched.terms],
+                               rtol=1e-5)
+    assert [(p.pass_index, p.step, p.done, p.total) for p in seen] == \
+        [(0, 1, 1, 6), (0, 2, 2, 6), (0, 3, 3, 6), (1, 1, 4, 6), (1, 2, 5, 6), (1, 3, 6, 6)]
+    assert seen[-1].image().shape == (33, 40, 3)
+
+
+def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, random_weights, monkeypatch):
+    from segstyle_jax import engine
+
+    compile_update = engine.compile_update
+
+    def small_memory(update, state, params, targets, weights, config):
+        if config.num_images > 1:
+            raise MemoryError("pretend the batched step does not fit")
+        return compile_update(update, state, params, targets, weights, config)
+
+    monkeypatch.setattr(engine, "compile_update", small_memory)
+    seen = []
+    r = run(tiny_scene, random_weights, approach="multipass", compute_metrics=False, callback=seen.append)
+    assert {p.num_passes for p in seen} == {2} and r.images.shape == (2, 33, 40, 3) and len(r.losses) == 3
+    with pytest.raises(MemoryError, match="pretend"):
+        run(tiny_scene, random_weights, approach="multipass", compute_metrics=False, batch_passes=True)
