@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--learning-rate", type=float, default=0.02, help="Adam step in [0,1] RGB units (default 0.02)")
     opt.add_argument("--init", default="content", help="content, noise, or an image path (default content)")
     opt.add_argument("--seed", type=int, default=0, help="seed for noise init (default 0)")
+    opt.add_argument("--passes", choices=tuple(PASSES), default="auto",
+                     help="multipass: optimize the K images as one batch, one by one (the memory of one image), or "
+                          "auto: batched when it fits in memory (default)")
 
     loss = p.add_argument_group("loss")
     loss.add_argument("--content-weight", type=float, default=1.0)
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 # progress
 
 
+PASSES = {"auto": None, "batched": True, "one-by-one": False}  # --passes -> stylize(batch_passes=...)
+
+
 class ProgressBar:
     """One line on stderr: bar, step, loss, time per step (redrawn in place on a terminal)."""
 
@@ -176,6 +182,7 @@ class ProgressBar:
         total, done = p.total, p.done
         filled = int(self.width * done / total)
         scale = f" scale {p.scale_index + 1}/{p.num_scales}" if p.num_scales > 1 else ""
+        scale += f" pass {p.pass_index + 1}/{p.num_passes}" if p.num_passes > 1 else ""
         line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] step {p.step}/{p.steps}{scale} "
                 f"loss {p.loss:.4g} ({per_step:.2f} s/step)")
         decile = 10 * done // total
@@ -316,7 +323,8 @@ def cmd_stylize(args) -> int:
             regions=regions if approach == "localized" else None, init=init, seed=args.seed,
             optimizer=args.optimizer, learning_rate=args.learning_rate, style_scale=args.style_scale,
             pooling=args.pooling, preserve_color=preserve, feather_px=args.feather, weights=weights,
-            compute_metrics=bool(args.metrics) or args.compare, callback=callback)
+            compute_metrics=bool(args.metrics) or args.compare, callback=callback,
+            batch_passes=PASSES[args.passes])
         r = results[approach]
         if r.stopped != "completed":
             print(f"warning: {approach}: {r.stopped}", file=sys.stderr)

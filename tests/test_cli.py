@@ -141,3 +141,12 @@ def test_too_large_for_memory_is_one_line(files, random_weights_file, monkeypatc
     assert main(base_args(files, random_weights_file, "--output", str(files / "o.png"))) == 2
     err = capsys.readouterr().err
     assert "error: a 40x33 locality step with 2 segments needs about" in err and not (files / "o.png").exists()
+
+
+def test_multipass_one_pass_at_a_time(files, random_weights_file, capsys):
+    out = files / "mp.png"
+    assert main(base_args(files, random_weights_file, "--output", str(out), "--approach", "multipass",
+                          "--passes", "one-by-one")) == 0
+    assert Image.open(out).size == (40, 33)
+    err = capsys.readouterr().err
+    assert "step 4/4 pass 1/2" in err and "step 4/4 pass 2/2" in err
