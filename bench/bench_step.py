@@ -580,7 +580,7 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[256])
     p.add_argument("--segments", type=int, nargs="+", default=[2])
     p.add_argument("--approaches", nargs="+", default=["blended"], choices=torch_reference.APPROACHES)
-    p.add_argument("--optimizers", nargs="+", default=["adam"], choices=("adam", "lbfgs"))
+    p.add_argument("--optimizers", nargs="+", default=["adam"], choices=("adam", "lbfgs", "lbfgs-fixed"))
     p.add_argument("--steps", type=int, help="timed steps per implementation (default 5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
     p.add_argument("--masks", default="bands", choices=("bands", "hbands", "ellipse"))

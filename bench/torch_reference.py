@@ -26,7 +26,9 @@ What it computes (DESIGN.md section 2; every formula as in ``segstyle_jax.losses
   target, ``L = sum_k (a L_content(x_k) + b w_k sum_l lambda_l E^l(x_k) + t TV(x_k))``.
 * One step: Adam (``torch.optim.Adam``, same learning rate and defaults as ``optax.adam``) or
   L-BFGS (``torch.optim.LBFGS``, one iteration with a strong-Wolfe line search per step; *not*
-  numerically the same algorithm as ``optax.lbfgs``), then a clamp to ``[0, 1]``.
+  numerically the same algorithm as ``optax.lbfgs``), or ``lbfgs-fixed``: torch's default LBFGS
+  (unit step, no line search, one evaluation per step, as in neural-style; its first step is
+  scaled differently from optax's), then a clamp to ``[0, 1]``.
 
 Images at the API are NHWC numpy float32 in [0, 1] like the JAX side (``[h, w, 3]``, or
 ``[K, h, w, 3]`` for multipass); inside, tensors are NCHW.
@@ -228,7 +230,7 @@ class TorchStyleTransfer:
         (or an object with such a ``.parts``, e.g. ``segstyle_jax.engine.SegmentStyle``).
       content_weight, style_weight, tv_weight, segment_weights, layer_weights, gamma, rho: the loss
         weights (defaults of ``LossWeights.create``).
-      optimizer: ``adam`` or ``lbfgs``; learning_rate, lbfgs_memory, clip as in ``StepConfig``.
+      optimizer: ``adam``, ``lbfgs`` or ``lbfgs-fixed``; learning_rate, lbfgs_memory, clip as in ``StepConfig``.
       init: initial image (NHWC); default the content (``K`` copies for multipass).
       compile: wrap the loss in ``torch.compile``.
       device: torch device.
@@ -297,8 +299,10 @@ class TorchStyleTransfer:
         elif optimizer == "lbfgs":
             self.opt = torch.optim.LBFGS([self.x], lr=1.0, max_iter=1, history_size=lbfgs_memory,
                                          line_search_fn="strong_wolfe")
+        elif optimizer == "lbfgs-fixed":  # torch's default: lr 1, no line search
+            self.opt = torch.optim.LBFGS([self.x], lr=1.0, max_iter=1, history_size=lbfgs_memory)
         else:
-            raise ValueError(f"optimizer must be adam or lbfgs, got {optimizer!r}")
+            raise ValueError(f"optimizer must be adam, lbfgs or lbfgs-fixed, got {optimizer!r}")
         self.optimizer = optimizer
 
     # -- the loss -------------------------------------------------------------------------------

@@ -191,7 +191,8 @@ def stylize(
         style from this part of the painting. Masks may be arrays or grayscale image files.
       init: ``"content"``, ``"noise"``, or an image.
       seed: random seed for noise init (the same seed gives the same output).
-      optimizer, learning_rate: ``adam`` (with its step size, in [0, 1] RGB units) or ``lbfgs``.
+      optimizer, learning_rate: ``adam`` (with its step size, in [0, 1] RGB units), ``lbfgs`` (optax's,
+        zoom line search) or ``lbfgs-fixed`` (unit step, no line search: one evaluation per step).
       style_scale: style images are resized to ``style_scale * size`` on their longest side.
       pooling: ``max`` or ``avg``.
       preserve_color: ``True`` or a list of labels: keep the content's colours (luminance-only
@@ -291,7 +292,7 @@ def stylize(
     for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
         hw = (config.height, config.width)
         model = vgg_weights.model(config.taps, pooling)
-        styles_s = [images_lib.resize_longest(s, style_long) for s in style_originals]
+        styles_s = [_style_at(s, style_long) for s in style_originals]
         seg_styles = [engine.SegmentStyle(tuple(
             (index, w, None if (k, j) not in region_originals
              else _resize_mask(region_originals[(k, j)], styles_s[index].shape[:2]))
@@ -375,7 +376,7 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
     return metrics_lib.evaluate(
         vgg_weights.model(taps, pooling), vgg_weights.params, result.image, images_lib.resize_to(content_image, hw),
         result.segmentation.masks, result.segmentation.labels,
-        [images_lib.resize_longest(s, style_long) for s in style_images], style_names, own_style,
+        [_style_at(s, style_long) for s in style_images], style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
 
 
@@ -435,6 +436,14 @@ def _final_image_from(image: np.ndarray, approach: str, seg_masks, feather_px: f
         return np.asarray(image, np.float32)
     m = masks_lib.feather(seg_masks, feather_px) if feather_px > 0 else seg_masks
     return np.asarray(engine.composite(image, m))
+
+
+def _style_at(style: np.ndarray, longest: int) -> np.ndarray:
+    """A style image resized to ``longest`` px on its longest side, but never below VGG's 16 px on
+    its shortest (a wide painting at a small coarse scale would otherwise be too thin to pool)."""
+    h, w = style.shape[:2]
+    longest = max(longest, math.ceil(16 * max(h, w) / min(h, w)))
+    return images_lib.resize_longest(style, longest)
 
 
 def _keep_color_flags(preserve_color, labels) -> list[bool]:

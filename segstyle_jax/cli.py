@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segstyle_jax import __version__
-from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS
+from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
 
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
 
@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--size", type=int, default=256, help="longest side of the output, pixels (default 256)")
     opt.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="F",
                      help="coarse-to-fine fractions of --size, e.g. 0.5 1 (default 1)")
-    opt.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                     help="adam (default), lbfgs (zoom line search) or lbfgs-fixed (unit step, one evaluation per "
+                          "step)")
     opt.add_argument("--learning-rate", type=float, default=0.02, help="Adam step in [0,1] RGB units (default 0.02)")
     opt.add_argument("--init", default="content", help="content, noise, or an image path (default content)")
     opt.add_argument("--seed", type=int, default=0, help="seed for noise init (default 0)")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 APPROACHES = ("multipass", "blended", "locality", "localized")
-OPTIMIZERS = ("adam", "lbfgs")
+OPTIMIZERS = ("adam", "lbfgs", "lbfgs-fixed")
 
 DEFAULT_STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_TAPS = ("relu4_2",)
@@ -35,8 +35,10 @@ class StepConfig:
       num_segments: ``K``.
       style_taps, content_taps: VGG layer names (see :mod:`segstyle_jax.vgg`).
       pooling: ``'max'`` or ``'avg'``.
-      optimizer: ``'adam'`` or ``'lbfgs'`` (optax's, with its zoom line search).
-      learning_rate: Adam step size in image units ([0, 1] RGB); ignored by L-BFGS.
+      optimizer: ``'adam'``, ``'lbfgs'`` (optax's, with its zoom line search: several loss evaluations per
+        step) or ``'lbfgs-fixed'`` (the unit quasi-Newton step without a line search: one evaluation per
+        step, like ``torch.optim.LBFGS``'s default and neural-style's L-BFGS).
+      learning_rate: Adam step size in image units ([0, 1] RGB); ignored by both L-BFGS.
       lbfgs_memory: number of L-BFGS correction pairs.
       clip: project the image back to [0, 1] after every step.
     """

@@ -211,9 +211,12 @@ def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targ
 
 
 def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
-    """``optax.adam(learning_rate)`` or ``optax.lbfgs`` (zoom line search) from the config."""
+    """``optax.adam(learning_rate)``, ``optax.lbfgs`` (zoom line search) or ``optax.lbfgs`` with a
+    fixed unit step (``lbfgs-fixed``: no line search, one loss evaluation per step) from the config."""
     if config.optimizer == "adam":
         return optax.adam(config.learning_rate)
+    if config.optimizer == "lbfgs-fixed":
+        return optax.lbfgs(learning_rate=1.0, memory_size=config.lbfgs_memory, linesearch=None)
     return optax.lbfgs(memory_size=config.lbfgs_memory)
 
 

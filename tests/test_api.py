@@ -140,3 +140,11 @@ def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, ran
     assert {p.num_passes for p in seen} == {2} and r.images.shape == (2, 33, 40, 3) and len(r.losses) == 3
     with pytest.raises(MemoryError, match="pretend"):
         run(tiny_scene, random_weights, approach="multipass", compute_metrics=False, batch_passes=True)
+
+
+def test_a_wide_style_at_a_tiny_coarse_scale_keeps_16_px(tiny_scene, random_weights):
+    wide = np.random.default_rng(1).uniform(0, 1, (20, 60, 3)).astype(np.float32)
+    r = api.stylize(tiny_scene["content"], tiny_scene["labels"], {"0": wide, "1": tiny_scene["styles"]["1"]},
+                    weights=random_weights, scales=(0.5, 1.0), compute_metrics=False, **FAST)
+    assert r.stopped == "completed" and len(r.losses) == 6
+    assert api._style_at(wide, 16).shape == (16, 48, 3)

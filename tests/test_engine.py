@@ -60,7 +60,7 @@ def test_second_step_and_new_weights_do_not_recompile(random_weights):
 
 
 @pytest.mark.parametrize("approach", ["multipass", "blended", "locality", "localized"])
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "lbfgs-fixed"])
 def test_every_approach_and_optimizer_lowers_the_loss(random_weights, approach, optimizer):
     config, model, targets, start, _, _ = setup(random_weights, approach, optimizer=optimizer)
     init, update = engine.make_update_fn(config, model)
