@@ -146,6 +146,7 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "xla_compile_options": engine.compiler_options(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
@@ -337,11 +338,11 @@ def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, 
     tg = engine.make_targets(cfg, model, jparams, content, masks, engine.segment_targets(smodel, jparams, styles, seg))
     jax.block_until_ready(tg)
     row["jax_targets_s"] = time.perf_counter() - t0
-    init, update = engine.make_update_fn(cfg, model)
+    init, update = engine.make_update_fn(cfg, model, params=jparams)
     x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
     state = init(x0)
     t0 = time.perf_counter()
-    compiled = update.lower(state, jparams, tg, lw).compile()
+    compiled = engine.compile_lowered(update.lower(state, tg, lw))  # as the API compiles it
     row["jax_compile_s"] = time.perf_counter() - t0
     cost = _cost(compiled)
     row["gflop_per_step"] = cost.get("flops", float("nan")) / 1e9
@@ -356,7 +357,7 @@ def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, 
 
     def jax_step():
         nonlocal state
-        state, info = compiled(state, jparams, tg, lw)
+        state, info = compiled(state, tg, lw)
         return float(jax.block_until_ready(info["loss"]))
 
     evals = {"n": 0}
@@ -635,7 +636,7 @@ def main(argv=None):
             out.close()
     v = env["versions"]
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
-          f"XLA_FLAGS={env['XLA_FLAGS']!r} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
+          f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {env['cpu_busy_at_start_pct']:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows))

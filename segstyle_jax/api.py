@@ -69,6 +69,10 @@ class Result:
       compile_seconds: time spent compiling the update step (all scales).
       step_seconds: wall time of every step after the first of each scale.
       stopped: ``"completed"`` or why the run stopped early.
+      memory_bytes: XLA's estimate of the largest compiled step's memory (arguments, outputs and
+        temporaries), the number checked against the available memory; ``None`` if unknown.
+      num_passes: multipass: ``1`` when the ``K`` images ran as one batch at the last scale, ``K``
+        when one after the other (``batch_passes``); 1 for the other approaches.
     """
 
     image: np.ndarray
@@ -81,6 +85,8 @@ class Result:
     compile_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
     stopped: str = "completed"
+    memory_bytes: int | None = None
+    num_passes: int = 1
 
     def save(self, path) -> os.PathLike:
         """Write the image atomically (PNG or JPEG by suffix)."""
@@ -288,7 +294,7 @@ def stylize(
 
     # --- coarse to fine ---
     all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
-    current, stopped, done_before = None, "completed", 0
+    current, stopped, done_before, memory_bytes, num_passes = None, "completed", 0, None, 1
     for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
         hw = (config.height, config.width)
         model = vgg_weights.model(config.taps, pooling)
@@ -313,9 +319,11 @@ def stylize(
         if approach == "multipass" and start.ndim == 3:
             start = np.broadcast_to(start, (config.num_images, *hw, 3))
 
-        init_fn, update, seconds, passes = _compile_passes(config, model, vgg_weights.params, targets, loss_weights,
-                                                           start, batch_passes)
+        init_fn, update, seconds, need, passes = _compile_passes(config, model, vgg_weights.params, targets,
+                                                                 loss_weights, start, batch_passes)
         compile_seconds += seconds
+        memory_bytes = max(memory_bytes or 0, need or 0) or None
+        num_passes = len(passes)
         images_s = np.array(start, np.float32)  # multipass: [K, h, w, 3], filled pass by pass when split
         logs = []
         for pi, (targets_p, weights_p, start_p) in enumerate(passes):
@@ -332,8 +340,7 @@ def stylize(
                                                                 seg_s.masks, feather_px),
                                       pi, n))
 
-            state, log = engine.optimize(update, state, vgg_weights.params, targets_p, weights_p,
-                                         steps_per_scale[si], on_step)
+            state, log = engine.optimize(update, state, targets_p, weights_p, steps_per_scale[si], on_step)
             logs.append(log)
             images_s = _with_pass(images_s, state, pi, len(passes))
             if log.stopped != "completed":
@@ -357,7 +364,7 @@ def stylize(
         image = images_lib.preserve_color(image, images_lib.resize_to(content_image, out_hw), seg_out.masks, keep_color)
     result = Result(image=image, approach=approach, segmentation=seg_out, losses=all_losses, terms=all_terms,
                     images=current if approach == "multipass" else None, compile_seconds=compile_seconds,
-                    step_seconds=step_seconds, stopped=stopped)
+                    step_seconds=step_seconds, stopped=stopped, memory_bytes=memory_bytes, num_passes=num_passes)
     if compute_metrics:
         result.metrics = quality(result, content_image, style_originals, style_names, own_style, vgg_weights,
                                  style_layers, content_layers, layer_weights, pooling, style_scale, band_px)
@@ -382,7 +389,8 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
 
 def _compile_passes(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,
                     batch_passes: bool | None):
-    """Compile the step of one scale -> ``(init, compiled update, seconds, [(targets, weights, start)] per pass)``.
+    """Compile the step of one scale -> ``(init, compiled update, seconds, bytes, [(targets, weights, start)]
+    per pass)``; ``bytes`` is XLA's estimate of the compiled step's memory (``None`` if unknown).
 
     One pass (the whole problem) unless ``config`` is multipass and either ``batch_passes`` is
     ``False`` or it is ``None`` and the batched step does not fit in memory: then ``K`` passes of one
@@ -390,18 +398,18 @@ def _compile_passes(config: StepConfig, model, params, targets: engine.Targets, 
     seconds = 0.0
     split = config.approach == "multipass" and config.num_segments > 1 and batch_passes is not True
     if not split or batch_passes is None:
-        init_fn, update = engine.make_update_fn(config, model)
+        init_fn, update = engine.make_update_fn(config, model, params=params)
         try:
-            compiled, seconds, _ = engine.compile_update(update, init_fn(start), params, targets, weights, config)
-            return init_fn, compiled, seconds, [(targets, weights, start)]
+            compiled, seconds, need = engine.compile_update(update, init_fn(start), targets, weights, config)
+            return init_fn, compiled, seconds, need, [(targets, weights, start)]
         except MemoryError:
             if not split:
                 raise
     passes = engine.split_passes(config, targets, weights)
     one, targets0, weights0 = passes[0]
-    init_fn, update = engine.make_update_fn(one, model)
-    compiled, more, _ = engine.compile_update(update, init_fn(start[:1]), params, targets0, weights0, one)
-    return init_fn, compiled, seconds + more, [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(passes)]
+    init_fn, update = engine.make_update_fn(one, model, params=params)
+    compiled, more, need = engine.compile_update(update, init_fn(start[:1]), targets0, weights0, one)
+    return init_fn, compiled, seconds + more, need, [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(passes)]
 
 
 def _with_pass(images: np.ndarray, state: engine.State, index: int, num_passes: int) -> np.ndarray:

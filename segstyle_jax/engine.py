@@ -4,7 +4,8 @@ Data flow (shapes for ``K`` segments, image ``[h, w, 3]``, tap ``l`` of ``[h_l, 
 
     style images --style_grams--> per-segment targets A_k^l [K, c_l, c_l]   (once)
     content image --model--> content features P_l [h_l, w_l, c_l]           (once)
-    make_update_fn(config, model) -> update(state, params, targets, weights) (jit, state donated)
+    make_update_fn(config, model, params=...) -> update(state, targets, weights) (jit, state donated,
+        the VGG parameters compiled in as constants)
         VGG forward once (K images for multipass), locality-weighted masks, layer masks for every
         segment (vmapped), the K masked Grams of each tap as one product, content, TV,
         value_and_grad w.r.t. the image
@@ -220,17 +221,25 @@ def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
     return optax.lbfgs(memory_size=config.lbfgs_memory)
 
 
-def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTransformation | None = None):
-    """Build ``(init, update)`` for ``config``.
+def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTransformation | None = None, *,
+                   params):
+    """Build ``(init, update)`` for ``config`` and the VGG parameters ``params``.
 
-    ``init(image) -> State``. ``update(state, params, targets, weights) -> (state, info)`` is one
+    ``init(image) -> State``. ``update(state, targets, weights) -> (state, info)`` is one
     ``jax.jit`` program (``state`` donated) computing the loss and its gradient with respect to the
     image only, the optax update and the clip to [0, 1]. ``info`` has ``loss`` (at the image before
     the update), the loss terms, ``grad_norm`` and ``finite``; when the loss or the new image is not
     finite, the state keeps the old image, so the last good image is never lost.
+
+    ``params`` are compiled into the program as constants (host copies, taken once), not passed at
+    every step: the weights are fixed for a run, and as a traced argument XLA re-lays-out every
+    kernel for the backward convolutions at each step, a fixed ~38 ms on the 2-core benchmark CPU
+    (a 32 px step 69 -> 31 ms, 128 px 185 -> 165 ms, 256 px 632 -> 595 ms; the same loss to the
+    bit). Other weights mean a new ``make_update_fn``.
     """
     if tuple(model.taps) != config.taps:
         raise ValueError(f"model taps {model.taps} differ from the config's {config.taps}")
+    params = jax.tree.map(np.asarray, params)
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 
@@ -245,7 +254,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def update(state: State, params, targets: Targets, weights: LossWeights):
+    def update(state: State, targets: Targets, weights: LossWeights):
         def objective(x):
             return loss(config, model, x, params, targets, weights)
 
@@ -280,14 +289,41 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def compile_update(update, state: State, params, targets: Targets, weights: LossWeights, config: StepConfig):
+# XLA CPU compile options for the update step, kept because they measured faster (README, Speed):
+# without YNNPACK's fusions the step is 7-12% faster at 128-512 px on the benchmark CPU.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict:
+    """The compile options :func:`compile_lowered` tries: :data:`CPU_COMPILER_OPTIONS` on CPU, none
+    elsewhere or when ``XLA_FLAGS`` sets one of them itself (the user's choice wins)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax.devices()[0].platform == "cpu" and not any(name in flags for name in CPU_COMPILER_OPTIONS):
+        return dict(CPU_COMPILER_OPTIONS)
+    return {}
+
+
+def compile_lowered(lowered):
+    """``lowered.compile()`` with :func:`compiler_options`, or without them when this XLA does not
+    know one of them (its defaults then)."""
+    options = compiler_options()
+    if options:
+        try:
+            return lowered.compile(compiler_options=options)
+        except jax.errors.JaxRuntimeError as e:
+            if "compile option" not in str(e):
+                raise
+    return lowered.compile()
+
+
+def compile_update(update, state: State, targets: Targets, weights: LossWeights, config: StepConfig):
     """Compile ``update`` ahead of time for these shapes -> ``(compiled, seconds, bytes needed)``.
 
     Raises ``MemoryError`` (before anything runs) when XLA's estimate of the step's memory
     (arguments, outputs and temporaries) exceeds what :func:`available_memory_bytes` reports, with
     the sizes in the message. ``compiled`` is called like ``update``."""
     t0 = time.perf_counter()
-    compiled = update.lower(state, params, targets, weights).compile()
+    compiled = compile_lowered(update.lower(state, targets, weights))
     seconds = time.perf_counter() - t0
     analysis = compiled.memory_analysis()
     need = None
@@ -317,7 +353,7 @@ class RunLog:
     stopped: str = "completed"
 
 
-def optimize(update, state: State, params, targets: Targets, weights: LossWeights, steps: int,
+def optimize(update, state: State, targets: Targets, weights: LossWeights, steps: int,
              callback: Callable[[int, dict, State], None] | None = None) -> tuple[State, RunLog]:
     """Run ``update`` ``steps`` times from Python.
 
@@ -328,7 +364,7 @@ def optimize(update, state: State, params, targets: Targets, weights: LossWeight
     log = RunLog()
     for i in range(steps):
         t0 = time.perf_counter()
-        state, info = update(state, params, targets, weights)
+        state, info = update(state, targets, weights)
         info = jax.device_get(info)  # waits for the step; progress needs the loss anyway
         elapsed = time.perf_counter() - t0
         if i == 0:

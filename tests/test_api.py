@@ -116,6 +116,7 @@ def test_multipass_split_into_passes_gives_the_batched_result(tiny_scene, random
     split = run(tiny_scene, random_weights, approach="multipass", batch_passes=False, compute_metrics=False,
                 callback=seen.append)
     np.testing.assert_allclose(split.images, batched.images, atol=1e-5)
+    assert (batched.num_passes, split.num_passes) == (1, 2) and 0 < split.memory_bytes < batched.memory_bytes
     np.testing.assert_allclose(split.losses, batched.losses, rtol=1e-5)
     np.testing.assert_allclose([t["per_segment"] for t in split.terms], [t["per_segment"] for t in batched.terms],
                                rtol=1e-5)
@@ -129,10 +130,10 @@ def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, ran
 
     compile_update = engine.compile_update
 
-    def small_memory(update, state, params, targets, weights, config):
+    def small_memory(update, state, targets, weights, config):
         if config.num_images > 1:
             raise MemoryError("pretend the batched step does not fit")
-        return compile_update(update, state, params, targets, weights, config)
+        return compile_update(update, state, targets, weights, config)
 
     monkeypatch.setattr(engine, "compile_update", small_memory)
     seen = []

@@ -48,13 +48,13 @@ def test_vmap_over_segments_equals_a_python_loop(random_weights, approach):
 
 def test_second_step_and_new_weights_do_not_recompile(random_weights):
     config, model, targets, start, _, _ = setup(random_weights, "locality")
-    init, update = engine.make_update_fn(config, model)
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
     state = init(start)
-    state, _ = update(state, random_weights.params, targets, LossWeights.create(config))
-    state, _ = update(state, random_weights.params, targets, LossWeights.create(config))
+    state, _ = update(state, targets, LossWeights.create(config))
+    state, _ = update(state, targets, LossWeights.create(config))
     changed = LossWeights.create(config, content=3.0, style=10.0, tv=0.0, segments=[0.1, 5.0],
                                  layers=[0.0, 1.0, 2.0], gamma=0.2, rho=30.0)
-    state, info = update(state, random_weights.params, targets, changed)
+    state, info = update(state, targets, changed)
     assert update._cache_size() == 1
     assert int(state.step) == 3 and bool(info["finite"])
 
@@ -63,9 +63,9 @@ def test_second_step_and_new_weights_do_not_recompile(random_weights):
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "lbfgs-fixed"])
 def test_every_approach_and_optimizer_lowers_the_loss(random_weights, approach, optimizer):
     config, model, targets, start, _, _ = setup(random_weights, approach, optimizer=optimizer)
-    init, update = engine.make_update_fn(config, model)
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
     weights = LossWeights.create(config, style=1e2)
-    state, log = engine.optimize(update, init(start), random_weights.params, targets, weights, 6)
+    state, log = engine.optimize(update, init(start), targets, weights, 6)
     assert log.stopped == "completed" and len(log.losses) == 6
     assert log.losses[-1] < 0.9 * log.losses[0]
     image = np.asarray(state.image)
@@ -124,19 +124,19 @@ def test_region_targets(random_weights):
 
 def test_non_finite_loss_keeps_the_last_good_image(random_weights):
     config, model, targets, start, _, _ = setup(random_weights, "blended")
-    init, update = engine.make_update_fn(config, model)
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
     good = LossWeights.create(config)
-    state, _ = update(init(start), random_weights.params, targets, good)
+    state, _ = update(init(start), targets, good)
     last_good = np.asarray(state.image).copy()
     bad = good.replace(content=jnp.float32(np.nan))
-    state, log = engine.optimize(update, state, random_weights.params, targets, bad, 5)
+    state, log = engine.optimize(update, state, targets, bad, 5)
     assert "non-finite loss" in log.stopped and "step 1" in log.stopped
     np.testing.assert_array_equal(np.asarray(state.image), last_good)
 
 
 def test_bad_shapes_are_rejected(random_weights):
     config, model, targets, start, _, seg = setup(random_weights, "blended")
-    init, _ = engine.make_update_fn(config, model)
+    init, _ = engine.make_update_fn(config, model, params=random_weights.params)
     with pytest.raises(ValueError, match="initial image has shape"):
         init(np.zeros((H + 1, W, 3), np.float32))
     with pytest.raises(ValueError, match="masks have shape"):
@@ -149,3 +149,18 @@ def test_bad_shapes_are_rejected(random_weights):
         LossWeights.create(config, gamma=1.5)
     with pytest.raises(ValueError, match="approach must be one of"):
         StepConfig("fancy", H, W, 2)
+
+
+def test_compile_options_are_tried_and_dropped_when_unknown(random_weights, monkeypatch):
+    config, model, targets, start, _, _ = setup(random_weights, "blended")
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
+    lowered = update.lower(init(start), targets, LossWeights.create(config))
+    assert engine.compiler_options() == engine.CPU_COMPILER_OPTIONS  # the tests run on CPU
+    monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
+    with pytest.raises(jax.errors.JaxRuntimeError, match="compile option"):
+        lowered.compile(compiler_options=engine.compiler_options())
+    compiled = engine.compile_lowered(lowered)  # falls back to XLA's defaults
+    state, info = compiled(init(start), targets, LossWeights.create(config))
+    assert bool(info["finite"])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_no_such_option=x")
+    assert engine.compiler_options() == {}  # set by the user: left to XLA_FLAGS

@@ -136,8 +136,9 @@ def test_loss_gradient_and_adam_step_match_jax(weights, images, approach, masks_
     cfg, lw, model, tg, torch_ref, init = build(weights, images, approach, seg_masks)
 
     with jax.default_matmul_precision("highest"):
-        init_fn, update = engine.make_update_fn(cfg, model, optax.chain(record_gradient(), optax.adam(cfg.learning_rate)))
-        state, info = update(init_fn(init), weights.params, tg, lw)
+        init_fn, update = engine.make_update_fn(cfg, model, optax.chain(record_gradient(), optax.adam(cfg.learning_rate)),
+                                                params=weights.params)
+        state, info = update(init_fn(init), tg, lw)
     value, grad = float(info["loss"]), np.asarray(state.opt_state[0])
     t_value, t_grad = torch_ref.loss_and_grad(init)
 
@@ -161,8 +162,9 @@ def test_recorded_gradient_is_value_and_grad_of_the_loss(weights, images):
     with jax.default_matmul_precision("highest"):
         (value, _), grad = jax.jit(jax.value_and_grad(
             lambda x: engine.one_image_loss(cfg, model, x, weights.params, tg, lw), has_aux=True))(jnp.asarray(init))
-        init_fn, update = engine.make_update_fn(cfg, model, optax.chain(record_gradient(), optax.adam(cfg.learning_rate)))
-        state, info = update(init_fn(init), weights.params, tg, lw)
+        init_fn, update = engine.make_update_fn(cfg, model, optax.chain(record_gradient(), optax.adam(cfg.learning_rate)),
+                                                params=weights.params)
+        state, info = update(init_fn(init), tg, lw)
     assert float(info["loss"]) == pytest.approx(float(value), rel=1e-6)
     assert rel_err(state.opt_state[0], grad) < 1e-6
 
