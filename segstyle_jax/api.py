@@ -210,7 +210,7 @@ def stylize(
       band_px: boundary band width for the leakage metric (default ``size / 32``, at least 2).
       callback: called with a :class:`Progress` after every step.
       batch_passes: multipass only: ``True`` optimizes the ``K`` images as one batch, ``False`` one
-        after the other (the memory of one image; the same result), ``None`` batches when XLA's
+        after the other (the memory of one image; with Adam the same result), ``None`` batches when XLA's
         memory estimate fits in the available memory and otherwise runs the passes one by one.
     """
     if approach not in APPROACHES:

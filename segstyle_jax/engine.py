@@ -278,11 +278,20 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
 
 
 def available_memory_bytes() -> int | None:
-    """Memory the step may use: the accelerator's limit, or the host's available RAM on CPU."""
+    """Memory the step may use: the accelerator's limit, or on CPU the host's available RAM
+    (Linux's ``MemAvailable``, which counts the page cache the kernel can drop; free pages
+    elsewhere)."""
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         return stats.get("bytes_limit")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -320,8 +329,10 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
     """Compile ``update`` ahead of time for these shapes -> ``(compiled, seconds, bytes needed)``.
 
     Raises ``MemoryError`` (before anything runs) when XLA's estimate of the step's memory
-    (arguments, outputs and temporaries) exceeds what :func:`available_memory_bytes` reports, with
-    the sizes in the message. ``compiled`` is called like ``update``."""
+    (arguments, outputs and temporaries) exceeds 80% of what :func:`available_memory_bytes`
+    reports, with the sizes in the message: the process's peak RSS ran about 25% above the
+    estimate in a 2048² run (the targets, the weights and the runtime live outside the step).
+    ``compiled`` is called like ``update``."""
     t0 = time.perf_counter()
     compiled = compile_lowered(update.lower(state, targets, weights))
     seconds = time.perf_counter() - t0
@@ -331,7 +342,7 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
         need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                 - analysis.alias_size_in_bytes)
         have = available_memory_bytes()
-        if have is not None and need > 0.9 * have:
+        if have is not None and need > 0.8 * have:  # peak RSS ran ~25% above the estimate at 2048²
             raise MemoryError(
                 f"a {config.width}x{config.height} {config.approach} step with {config.num_segments} segments needs "
                 f"about {need / 2**30:.1f} GiB, but only {have / 2**30:.1f} GiB is available; use a smaller size")
@@ -386,8 +397,10 @@ def optimize(update, state: State, targets: Targets, weights: LossWeights, steps
 def split_passes(config: StepConfig, targets: Targets, weights: LossWeights) -> list[tuple[StepConfig, Targets, LossWeights]]:
     """Multipass as ``K`` separate one-image passes, for when the batched step does not fit in memory.
 
-    Image ``k`` of :func:`multipass_loss` depends only on segment ``k``'s style target and weight
-    (Adam is elementwise too), so pass ``k`` is the same optimization with ``num_segments = 1``:
+    Image ``k`` of :func:`multipass_loss` depends only on segment ``k``'s style target and weight,
+    so pass ``k`` is the same problem with ``num_segments = 1`` (and, Adam being elementwise, the
+    same Adam run; L-BFGS, whose curvature pairs and line search span the whole batch, then runs
+    on each image separately):
     ``(config', targets', weights')`` with ``style[t] = style[t][k:k+1]``, ``masks``/``dist``
     ``[1, h, w]`` and ``segments = [w_k]``. All passes share one shape, hence one compilation; the
     memory is that of one image instead of ``K``.

@@ -1,5 +1,7 @@
 """The compiled update step: vmap vs loop, no recompilation, the four approaches, safety."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,12 @@ def test_compile_options_are_tried_and_dropped_when_unknown(random_weights, monk
     assert bool(info["finite"])
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_no_such_option=x")
     assert engine.compiler_options() == {}  # set by the user: left to XLA_FLAGS
+
+
+def test_available_memory_counts_what_the_kernel_can_free():
+    have = engine.available_memory_bytes()
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < have <= total
+    if os.path.exists("/proc/meminfo"):  # MemAvailable: free pages plus the droppable page cache
+        assert have >= 0.9 * free_pages
