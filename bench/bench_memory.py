@@ -29,14 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PASSES = {"auto": None, "batched": True, "one-by-one": False}
-
-
 def run_one(size: int, approach: str, steps: int, passes: str) -> dict:
     """One configuration in this process -> its row."""
     import statistics
 
     from segstyle_jax import api, demo_data, engine
+    from segstyle_jax.cli import PASSES
 
     row = {"size": size, "approach": approach, "steps": steps, "passes_requested": passes,
            "available_gib_at_start": (engine.available_memory_bytes() or 0) / 2 ** 30}
@@ -81,7 +79,8 @@ def main(argv=None):
     ap.add_argument("--approaches", nargs="+", default=["multipass", "blended", "locality"],
                     choices=("multipass", "blended", "locality", "localized"))
     ap.add_argument("--steps", type=int, default=1, help="Adam steps per run (default 1; 2+ gives a steady step time)")
-    ap.add_argument("--passes", default="auto", choices=tuple(PASSES), help="multipass passes (default auto)")
+    ap.add_argument("--passes", default="auto", choices=("auto", "batched", "one-by-one"),
+                    help="multipass passes, as segstyle's --passes (default auto)")
     ap.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one configuration
     args = ap.parse_args(argv)
@@ -95,7 +94,7 @@ def main(argv=None):
             print(f"# {approach} at {size} px ...", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", "--sizes", str(size), "--approaches", approach,
                                    "--steps", str(args.steps), "--passes", args.passes],
-                                  capture_output=True, text=True, env={**os.environ})
+                                  capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             row = json.loads(lines[-1]) if lines else {
                 "size": size, "approach": approach, "outcome": f"crashed (exit {proc.returncode})",

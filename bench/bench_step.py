@@ -431,7 +431,8 @@ def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, 
     row["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     if args.breakdown:
-        row["breakdown"] = breakdown(cfg, model, jparams, tg, lw, ref, x0, args.breakdown_reps)
+        # host weights, closed over as constants like the engine's step (not device arrays, which jit may pass in)
+        row["breakdown"] = breakdown(cfg, model, weights.params, tg, lw, ref, x0, args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()
     row.update(peak)
     row.update(env)

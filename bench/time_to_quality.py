@@ -138,7 +138,8 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
       451); 50-100 at quarter then 100 at half size -> 109-121; a higher full-size learning rate after
       a coarse start hurt (0.05: 385 steps), as did a lower one (0.01: 217) and a cosine decay.
       On a CPU a 32 or 64 px step costs 0.35-0.45 of a 128 px one, so coarse steps pay little there.
-    * 256 px, tail target (plain Adam: 340 steps): after Adam 50 at 64 px + 100 at 128 px, Adam
+    * 256 px, tail target of an earlier reference run (plain Adam: 340 steps; the compile option
+      added later moved its trajectory, see README): after Adam 50 at 64 px + 100 at 128 px, Adam
       needs 135 full-size steps; with a 20-step learning-rate warm-up 160, with Adam's moments carried
       over from the coarse scale (upsampled) 144. Optax's L-BFGS with its zoom line search costs 3-5
       evaluations per step and never won. L-BFGS with the fixed unit step (``lbfgs-fixed``, one
