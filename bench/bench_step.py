@@ -9,7 +9,8 @@ For every configuration (image size x segments x approach x optimizer) both impl
 same inputs in one process: the real default VGG16 weights, skimage's astronaut as the content,
 hubble_deep_field / brick / coffee / chelsea as the styles of segments 1..4, and K vertical bands
 (``--masks hbands``: horizontal; ``ellipse``: an ellipse around the astronaut plus bands) as masks.
-Both start from the content image. JAX runs the engine's own ``make_update_fn`` step, compiled ahead
+Both start from the content image. JAX runs the engine's own ``make_update_fn`` step (with the
+convolution algorithm(s) of ``--conv``, default ``auto`` as ``stylize`` runs it), compiled ahead
 of time (``update.lower(...).compile()``; that is the compile time, reported apart, as is the first
 execution); PyTorch runs ``bench/torch_reference.py``. After ``--warmup`` untimed steps each, the
 two take turns, one step at a time, for ``--steps`` timed steps.
@@ -19,10 +20,13 @@ Reported per configuration (one JSON line each, then a Markdown table):
 * ``jax_compile_s`` (lower + compile), ``jax_first_step_s``, ``torch_first_step_s`` (with
   ``--torch-compile`` this holds torch.compile's compilation), target building time for both;
 * per-step seconds median/min/max for both and ``ratio`` = JAX median / PyTorch median;
-* ``gflop_per_step`` from XLA's cost analysis of the compiled step (for L-BFGS XLA counts the
-  line-search loop body once, so it is a lower bound), ``torch_gflop_per_eval`` (convolutions and
-  matmuls of one loss + gradient, counted by ``torch.utils.flop_counter``) as a cross-check;
-* achieved GFLOP/s of both (XLA's count over each one's median step) and the percentage of the
+* ``gflop_per_step`` from XLA's cost analysis of the compiled step with direct convolutions: the
+  mathematics' count (for L-BFGS XLA counts the line-search loop body once, so it is a lower
+  bound), ``torch_gflop_per_eval`` (convolutions and matmuls of one loss + gradient, counted by
+  ``torch.utils.flop_counter``) as a cross-check; with ``--conv auto``/``winograd`` also
+  ``gflop_per_step_executed``, XLA's count of the step as run (Winograd multiplies less);
+* achieved GFLOP/s of both (``gflop_per_step`` over each one's median step: "effective" rates
+  when the step runs by Winograd, which can pass 100%) and the percentage of the
   machine's matmul peak, measured at start-up with float32 numpy, ``jnp`` and torch matmuls
   (``peak_source`` says which was fastest; that one is the peak);
 * memory: ``jax_memory_stats`` when the device has them (GPU), else the peak process RSS above the
@@ -73,7 +77,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import torch_reference  # noqa: E402
-from segstyle_jax import engine, losses, masks as masks_lib  # noqa: E402
+from segstyle_jax import engine, losses, masks as masks_lib, winograd  # noqa: E402
 from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -319,12 +323,13 @@ def _stats(xs):
 # one configuration
 
 
-def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, sampler) -> dict:
-    row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "steps": args.steps,
+def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, peak, sampler) -> dict:
+    row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv, "steps": args.steps,
            "masks": args.masks, "torch_compile": args.torch_compile, "loadavg_start": os.getloadavg()}
     content, styles, masks = make_inputs(size, k, args.masks)
     cfg = StepConfig(approach, size, size, k, optimizer=optimizer)
     lw = LossWeights.create(cfg)
+    # targets with the direct convolution (one forward pass: it compiles fastest), the step with `conv`
     model, smodel = weights.model(cfg.taps), weights.model(cfg.style_taps)
     if approach == "localized":  # take each style from the central half of its image (paper 3.4)
         region = np.zeros((size, size), np.float32)
@@ -338,14 +343,21 @@ def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, 
     tg = engine.make_targets(cfg, model, jparams, content, masks, engine.segment_targets(smodel, jparams, styles, seg))
     jax.block_until_ready(tg)
     row["jax_targets_s"] = time.perf_counter() - t0
-    init, update = engine.make_update_fn(cfg, model, params=jparams)
+    init, update = engine.make_update_fn(cfg, weights.model(cfg.taps, conv=conv), params=jparams)
     x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
     state = init(x0)
     t0 = time.perf_counter()
     compiled = engine.compile_lowered(update.lower(state, tg, lw))  # as the API compiles it
     row["jax_compile_s"] = time.perf_counter() - t0
     cost = _cost(compiled)
-    row["gflop_per_step"] = cost.get("flops", float("nan")) / 1e9
+    row["gflop_per_step_executed"] = cost.get("flops", float("nan")) / 1e9
+    # The mathematics' FLOPs: XLA's count of the same step with direct convolutions (Winograd does
+    # fewer multiplications for the same result; rates below are "effective", on this count).
+    if conv == "direct":
+        row["gflop_per_step"] = row["gflop_per_step_executed"]
+    else:
+        _, direct_update = engine.make_update_fn(cfg, model, params=jparams)
+        row["gflop_per_step"] = _cost(direct_update.lower(state, tg, lw).compile()).get("flops", float("nan")) / 1e9
     row["gbytes_accessed_per_step"] = cost.get("bytes accessed", float("nan")) / 1e9
     row.update(_memory(compiled))
 
@@ -432,7 +444,8 @@ def run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, 
 
     if args.breakdown:
         # host weights, closed over as constants like the engine's step (not device arrays, which jit may pass in)
-        row["breakdown"] = breakdown(cfg, model, weights.params, tg, lw, ref, x0, args.breakdown_reps)
+        row["breakdown"] = breakdown(cfg, weights.model(cfg.taps, conv=conv), weights.params, tg, lw, ref, x0,
+                                     args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()
     row.update(peak)
     row.update(env)
@@ -537,14 +550,14 @@ def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
 
 
 def markdown(rows) -> str:
-    head = ("| size | K | approach | opt | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
+    head = ("| size | K | approach | opt | conv | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
             "| PyTorch step s med (min-max) "
             "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step RSS MB JAX / PyTorch "
             "| XLA temp MB | CPU util JAX / PyTorch / others | loss0 rel diff |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['jax_compile_s']:.1f} "
+            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['conv']} | {r['jax_compile_s']:.1f} "
             f"| {r['torch_first_step_s']:.1f}{' (compile)' if r['torch_compile'] else ''} "
             f"| {r['jax_step_median_s']:.3f} ({r['jax_step_min_s']:.3f}-{r['jax_step_max_s']:.3f}) "
             f"| {r['torch_step_median_s']:.3f} ({r['torch_step_min_s']:.3f}-{r['torch_step_max_s']:.3f}) "
@@ -583,6 +596,8 @@ def main(argv=None):
     p.add_argument("--segments", type=int, nargs="+", default=[2])
     p.add_argument("--approaches", nargs="+", default=["blended"], choices=torch_reference.APPROACHES)
     p.add_argument("--optimizers", nargs="+", default=["adam"], choices=("adam", "lbfgs", "lbfgs-fixed"))
+    p.add_argument("--conv", nargs="+", default=["auto"], choices=winograd.ALGORITHMS,
+                   help="JAX convolution algorithm(s) (segstyle_jax/winograd.py); several: one row each")
     p.add_argument("--steps", type=int, help="timed steps per implementation (default 5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
     p.add_argument("--masks", default="bands", choices=("bands", "hbands", "ellipse"))
@@ -624,13 +639,15 @@ def main(argv=None):
             for k in args.segments:
                 for approach in args.approaches:
                     for optimizer in args.optimizers:
-                        row = run_config(size, k, approach, optimizer, args, weights, jparams, env, peak, sampler)
-                        line = json.dumps(row, default=float)
-                        print(line, flush=True)
-                        if out:
-                            out.write(line + "\n")
-                            out.flush()
-                        rows.append(row)
+                        for conv in args.conv:
+                            row = run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, peak,
+                                             sampler)
+                            line = json.dumps(row, default=float)
+                            print(line, flush=True)
+                            if out:
+                                out.write(line + "\n")
+                                out.flush()
+                            rows.append(row)
     finally:
         sampler.close()
         if out:

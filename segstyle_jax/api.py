@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segstyle_jax import engine, images as images_lib, masks as masks_lib, metrics as metrics_lib
+from segstyle_jax import engine, images as images_lib, masks as masks_lib, metrics as metrics_lib, winograd
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
 from segstyle_jax.weights import VGGWeights, resolve_weights
 
@@ -175,6 +175,7 @@ def stylize(
     band_px: float | None = None,
     callback: Callable[[Progress], None] | None = None,
     batch_passes: bool | None = None,
+    conv: str = "auto",
 ) -> Result:
     """Stylize ``content`` with one style per segment.
 
@@ -212,6 +213,10 @@ def stylize(
       batch_passes: multipass only: ``True`` optimizes the ``K`` images as one batch, ``False`` one
         after the other (the memory of one image; with Adam the same result), ``None`` batches when XLA's
         memory estimate fits in the available memory and otherwise runs the passes one by one.
+      conv: the step's convolution algorithm (:mod:`segstyle_jax.winograd`; the same result up to
+        float rounding): ``auto`` uses Winograd on CPU for the layers and scales where it was faster
+        (a scale with few steps or pixels keeps the faster-compiling direct convolution),
+        ``direct`` never, ``winograd`` for every layer.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")
@@ -219,6 +224,8 @@ def stylize(
         raise ValueError(f"scales must be fractions in (0, 1], got {scales}")
     if style_scale <= 0:
         raise ValueError(f"style_scale must be > 0, got {style_scale}")
+    if conv not in winograd.ALGORITHMS:
+        raise ValueError(f"conv must be one of {', '.join(winograd.ALGORITHMS)}; got {conv!r}")
 
     # --- read and validate everything before any compute ---
     content_image = images_lib.load_image(content)
@@ -297,7 +304,9 @@ def stylize(
     current, stopped, done_before, memory_bytes, num_passes = None, "completed", 0, None, 1
     for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
         hw = (config.height, config.width)
-        model = vgg_weights.model(config.taps, pooling)
+        model = vgg_weights.model(config.taps, pooling)  # targets: one forward pass, direct compiles fastest
+        step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
+            steps_per_scale[si], *hw, jax.default_backend()) else conv
         styles_s = [_style_at(s, style_long) for s in style_originals]
         seg_styles = [engine.SegmentStyle(tuple(
             (index, w, None if (k, j) not in region_originals
@@ -319,8 +328,9 @@ def stylize(
         if approach == "multipass" and start.ndim == 3:
             start = np.broadcast_to(start, (config.num_images, *hw, 3))
 
-        init_fn, update, seconds, need, passes = _compile_passes(config, model, vgg_weights.params, targets,
-                                                                 loss_weights, start, batch_passes)
+        init_fn, update, seconds, need, passes = _compile_passes(config, vgg_weights.model(config.taps, pooling, step_conv),
+                                                                 vgg_weights.params, targets, loss_weights, start,
+                                                                 batch_passes)
         compile_seconds += seconds
         memory_bytes = max(memory_bytes or 0, need or 0) or None
         num_passes = len(passes)

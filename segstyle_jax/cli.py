@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segstyle_jax import __version__
+from segstyle_jax import __version__, winograd
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
 
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights", default="default",
                        help="VGG weight file (.npz from tools/convert_torch_weights.py); default: VGG16 ImageNet")
     model.add_argument("--pooling", choices=("max", "avg"), default="max")
+    model.add_argument("--conv", choices=winograd.ALGORITHMS, default="auto",
+                       help="convolution algorithm of the step (the same result up to float rounding): auto "
+                            "(default: Winograd on CPU where it was faster), direct (XLA's) or winograd")
     p.set_defaults(func=cmd_stylize)
 
     p = sub.add_parser("demo", help="the offline demo: astronaut photo, person and background in two styles",
@@ -326,7 +329,7 @@ def cmd_stylize(args) -> int:
             optimizer=args.optimizer, learning_rate=args.learning_rate, style_scale=args.style_scale,
             pooling=args.pooling, preserve_color=preserve, feather_px=args.feather, weights=weights,
             compute_metrics=bool(args.metrics) or args.compare, callback=callback,
-            batch_passes=PASSES[args.passes])
+            batch_passes=PASSES[args.passes], conv=args.conv)
         r = results[approach]
         if r.stopped != "completed":
             print(f"warning: {approach}: {r.stopped}", file=sys.stderr)

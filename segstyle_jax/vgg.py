@@ -13,6 +13,9 @@ Conventions (stated here once; everything else refers to this module):
 * Layers are named ``conv{block}_{i}``, ``relu{block}_{i}`` and ``pool{block}``. Pooling is 2x2 with
   stride 2 and VALID padding (odd sizes drop the last row/column), max or average.
 * Only the layers up to the deepest requested tap are computed.
+* The convolutions run by XLA's own convolution (``conv='direct'``, the default) or by Winograd's
+  ``F(2x2, 3x3)`` (``'winograd'``, :mod:`segstyle_jax.winograd`): the same function up to float
+  rounding; ``'auto'`` picks per layer what was faster on this project's benchmark.
 
 The model does no I/O; weights are read by :mod:`segstyle_jax.weights`.
 """
@@ -24,6 +27,8 @@ from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from segstyle_jax import winograd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,6 +106,23 @@ def pool_2x2(x, pooling: str = "max"):
     return x.max(axis=(2, 4)) if pooling == "max" else x.mean(axis=(2, 4))
 
 
+class Conv3x3(nn.Module):
+    """A 3x3 stride-1 convolution with one pixel of zero padding and a bias, with ``nn.Conv``'s
+    parameters (``kernel`` HWIO ``[3, 3, c_in, c_out]``, ``bias`` ``[c_out]``) and initializers.
+
+    ``algorithm``: ``'auto'``, ``'direct'`` or ``'winograd'`` (:func:`segstyle_jax.winograd.conv3x3`).
+    """
+
+    features: int
+    algorithm: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
+        return winograd.conv3x3(x, kernel, self.algorithm) + bias
+
+
 class VGG(nn.Module):
     """VGG feature extractor returning ``{tap: activations}``.
 
@@ -109,6 +131,8 @@ class VGG(nn.Module):
       taps: layer names to return, e.g. ``('relu1_1', 'relu2_1', 'relu4_2')``.
       pooling: ``'max'`` (torchvision) or ``'avg'`` (Gatys et al. prefer it for synthesis).
       mean, std: per-channel preprocessing applied to the [0, 1] RGB input.
+      conv: convolution algorithm, ``'direct'`` (default), ``'auto'`` or ``'winograd'``
+        (:mod:`segstyle_jax.winograd`).
 
     ``__call__(x)``: ``x`` is ``[N, h, w, 3]`` or ``[h, w, 3]`` RGB in [0, 1]; returns a dict
     mapping each tap to ``[N, h_l, w_l, c_l]`` (or ``[h_l, w_l, c_l]``), where
@@ -120,6 +144,7 @@ class VGG(nn.Module):
     pooling: Literal["max", "avg"] = "max"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    conv: str = "direct"
 
     @nn.compact
     def __call__(self, x):
@@ -129,6 +154,8 @@ class VGG(nn.Module):
             raise ValueError(f"unknown taps {unknown} for {self.arch}; layers are {', '.join(names)}")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        if self.conv not in winograd.ALGORITHMS:
+            raise ValueError(f"conv must be one of {winograd.ALGORITHMS}, got {self.conv!r}")
         unbatched = x.ndim == 3
         if unbatched:
             x = x[None]
@@ -141,7 +168,7 @@ class VGG(nn.Module):
         out = {}
         for name in names[: deepest + 1]:
             if name.startswith("conv"):
-                x = nn.Conv(shapes[name][0][-1], (3, 3), padding=((1, 1), (1, 1)), name=name)(x)
+                x = Conv3x3(shapes[name][0][-1], self.conv, name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:

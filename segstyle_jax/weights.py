@@ -74,9 +74,10 @@ class VGGWeights:
     def std(self) -> tuple[float, float, float]:
         return tuple(self.metadata["preprocessing"]["std"])
 
-    def model(self, taps: tuple[str, ...], pooling: str = "max") -> vgg.VGG:
-        """The Flax model for these weights, with the preprocessing recorded in the file."""
-        return vgg.VGG(arch=self.arch, taps=tuple(taps), pooling=pooling, mean=self.mean, std=self.std)
+    def model(self, taps: tuple[str, ...], pooling: str = "max", conv: str = "direct") -> vgg.VGG:
+        """The Flax model for these weights, with the preprocessing recorded in the file; ``conv`` is
+        the convolution algorithm (:mod:`segstyle_jax.winograd`)."""
+        return vgg.VGG(arch=self.arch, taps=tuple(taps), pooling=pooling, mean=self.mean, std=self.std, conv=conv)
 
     def variables(self) -> dict:
         """``{"params": params}``, ready for ``model.apply``."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segstyle_jax import api, demo_data, masks as masks_lib
+from segstyle_jax import api, demo_data, engine, masks as masks_lib, winograd
 from segstyle_jax.images import ImageError
 
 FAST = dict(steps=3, size=40, style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_2",))
@@ -59,12 +59,34 @@ def test_steps_per_scale(tiny_scene, random_weights):
     (dict(approach="localized", regions={"0": np.ones((5, 5))}), "style region for segment '0' is 5x5"),
     (dict(init="sketchy"), "init must be"),
     (dict(steps=0), "steps must be"),
+    (dict(conv="fft"), "conv must be one of"),
 ])
 def test_bad_input_is_rejected_before_compute(tiny_scene, random_weights, change, message):
     kw = {"segments": tiny_scene["labels"], "styles": tiny_scene["styles"], **FAST, **change}
     segments, styles = kw.pop("segments"), kw.pop("styles")
     with pytest.raises(ValueError, match=message):
         api.stylize(tiny_scene["content"], segments, styles, weights=random_weights, **kw)
+
+
+def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, random_weights, monkeypatch):
+    used = []
+    make_update_fn = engine.make_update_fn
+
+    def recording(config, model, *args, **kw):
+        used.append(model.conv)
+        return make_update_fn(config, model, *args, **kw)
+
+    monkeypatch.setattr(engine, "make_update_fn", recording)
+    direct = run(tiny_scene, random_weights, conv="direct", compute_metrics=False)
+    wino = run(tiny_scene, random_weights, conv="winograd", compute_metrics=False)
+    auto = run(tiny_scene, random_weights, conv="auto", compute_metrics=False)  # 3 steps at 40x33: not worth it
+    assert used == ["direct", "winograd", "direct"]
+    assert abs(wino.losses[0] - direct.losses[0]) / direct.losses[0] < 1e-5
+    assert np.abs(wino.image - direct.image).mean() < 1e-3
+    np.testing.assert_array_equal(auto.image, direct.image)
+    monkeypatch.setattr(winograd, "MIN_STEP_PIXELS", 1)  # any stage is worth it: auto's per-layer rule
+    run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
+    assert used[-1] == "auto"
 
 
 def test_unreadable_images_are_named(tiny_scene, random_weights, tmp_path):

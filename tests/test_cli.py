@@ -143,6 +143,14 @@ def test_too_large_for_memory_is_one_line(files, random_weights_file, monkeypatc
     assert "error: a 40x33 locality step with 2 segments needs about" in err and not (files / "o.png").exists()
 
 
+def test_convolution_algorithm_option(files, random_weights_file):
+    out = files / "w.png"
+    assert main(base_args(files, random_weights_file, "--output", str(out), "--conv", "winograd")) == 0
+    assert Image.open(out).size == (40, 33)
+    with pytest.raises(SystemExit):
+        main(base_args(files, random_weights_file, "--output", str(out), "--conv", "fft"))
+
+
 def test_multipass_one_pass_at_a_time(files, random_weights_file, capsys):
     out = files / "mp.png"
     assert main(base_args(files, random_weights_file, "--output", str(out), "--approach", "multipass",

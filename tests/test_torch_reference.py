@@ -156,6 +156,20 @@ def test_loss_gradient_and_adam_step_match_jax(weights, images, approach, masks_
     np.testing.assert_allclose(torch_ref.image, jax_image, rtol=RTOL, atol=1e-6)
 
 
+@pytest.mark.parametrize("approach", ["multipass", "locality"])
+def test_winograd_step_matches_torch(weights, images, approach):
+    """The step with Winograd convolutions (what ``stylize`` runs on CPU) computes the same loss and
+    gradient as PyTorch's direct convolutions."""
+    cfg, lw, _, tg, torch_ref, init = build(weights, images, approach, two_segments())
+    init_fn, update = engine.make_update_fn(cfg, weights.model(cfg.taps, conv="winograd"),
+                                            optax.chain(record_gradient(), optax.adam(cfg.learning_rate)),
+                                            params=weights.params)
+    state, info = update(init_fn(init), tg, lw)
+    t_value, t_grad = torch_ref.loss_and_grad(init)
+    assert abs(t_value - float(info["loss"])) / abs(t_value) < RTOL
+    assert rel_err(t_grad, state.opt_state[0]) < RTOL
+
+
 def test_recorded_gradient_is_value_and_grad_of_the_loss(weights, images):
     """The gradient read from the update step above is ``jax.value_and_grad`` of ``one_image_loss``."""
     cfg, lw, model, tg, _, init = build(weights, images, "blended", two_segments())

@@ -18,8 +18,9 @@ def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
 
 
-@pytest.mark.parametrize("arch,pooling", [("vgg16", "max"), ("vgg19", "max"), ("vgg19", "avg")])
-def test_every_layer_matches_torch(tmp_path, arch, pooling):
+@pytest.mark.parametrize("arch,pooling,conv", [("vgg16", "max", "direct"), ("vgg19", "max", "direct"),
+                                               ("vgg19", "avg", "direct"), ("vgg16", "max", "winograd")])
+def test_every_layer_matches_torch(tmp_path, arch, pooling, conv):
     torch.manual_seed(0)
     model = TorchVGG(arch, pooling).eval()
     pth = tmp_path / f"{arch}.pth"
@@ -33,7 +34,7 @@ def test_every_layer_matches_torch(tmp_path, arch, pooling):
     with torch.no_grad():
         ref = layer_outputs(model, torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2)), names)
     with jax.default_matmul_precision("highest"):
-        ours = jax.jit(weights.model(tuple(names), pooling).apply)(weights.variables(), jnp.asarray(x))
+        ours = jax.jit(weights.model(tuple(names), pooling, conv).apply)(weights.variables(), jnp.asarray(x))
     assert set(ours) == set(names)
     for name in names:
         expected = ref[name].numpy().transpose(0, 2, 3, 1)
