@@ -33,8 +33,10 @@ def run_one(size: int, approach: str, steps: int, passes: str) -> dict:
     """One configuration in this process -> its row."""
     import statistics
 
-    from segstyle_jax import api, demo_data, engine
+    from segstyle_jax import api, demo_data, engine, host_memory
     from segstyle_jax.cli import PASSES
+
+    host_memory.keep_freed_memory()  # as the segstyle command runs
 
     row = {"size": size, "approach": approach, "steps": steps, "passes_requested": passes,
            "available_gib_at_start": (engine.available_memory_bytes() or 0) / 2 ** 30}

@@ -77,7 +77,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import torch_reference  # noqa: E402
-from segstyle_jax import engine, losses, masks as masks_lib, winograd  # noqa: E402
+from segstyle_jax import engine, host_memory, losses, masks as masks_lib, winograd  # noqa: E402
 from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -151,6 +151,7 @@ def environment() -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "xla_compile_options": engine.compiler_options(),
+        "malloc_keeps_freed_memory": host_memory.is_applied(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
@@ -609,7 +610,12 @@ def main(argv=None):
                    help="skip the torch FlopCounterMode cross-check")
     p.add_argument("--breakdown", action="store_true", help="also time VGG forward / backward / loss parts")
     p.add_argument("--breakdown-reps", type=int, default=3)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory, as the segstyle command does; "
+                        "segstyle_jax/host_memory.py); applies to both frameworks")
     args = p.parse_args(argv)
+    if not args.default_malloc:
+        host_memory.keep_freed_memory()
     if args.quick:
         args.sizes, args.segments = [64, 128], [1, 2]
         args.approaches, args.optimizers = ["blended", "multipass"], ["adam"]
@@ -654,7 +660,8 @@ def main(argv=None):
             out.close()
     v = env["versions"]
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
-          f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
+          f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
+          f"malloc keeps freed memory: {env['malloc_keeps_freed_memory']} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {env['cpu_busy_at_start_pct']:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows))

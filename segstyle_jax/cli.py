@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segstyle_jax import __version__, winograd
+from segstyle_jax import __version__, host_memory, winograd
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
 
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
@@ -463,6 +463,8 @@ def cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("stylize", "demo"):
+        host_memory.keep_freed_memory()  # this process is ours: keep the step's buffers between steps
     try:
         return args.func(args)
     except USER_ERRORS as e:
