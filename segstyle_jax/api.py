@@ -328,9 +328,9 @@ def stylize(
         if approach == "multipass" and start.ndim == 3:
             start = np.broadcast_to(start, (config.num_images, *hw, 3))
 
-        init_fn, update, seconds, need, passes = _compile_passes(config, vgg_weights.model(config.taps, pooling, step_conv),
-                                                                 vgg_weights.params, targets, loss_weights, start,
-                                                                 batch_passes)
+        step_model = vgg_weights.model(config.taps, pooling, step_conv)
+        init_fn, update, seconds, need, passes = _compile_passes(config, step_model, vgg_weights.params, targets,
+                                                                 loss_weights, start, batch_passes)
         compile_seconds += seconds
         memory_bytes = max(memory_bytes or 0, need or 0) or None
         num_passes = len(passes)

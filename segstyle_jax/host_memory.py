@@ -3,8 +3,8 @@
 XLA's CPU runtime allocates the step's temporary buffer (tens to hundreds of MB) at every execution
 and frees it at the end. glibc serves allocations above 32 MB with a fresh ``mmap`` and unmaps them
 on ``free``, so every step starts by page-faulting and zeroing all of it again; smaller chunks are
-returned by trimming the heap. On the 2-core benchmark CPU that was 15-25% of a 128 px step and made
-step times erratic. :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX = 0`` (large blocks come
+returned by trimming the heap. On the 2-core benchmark CPU keeping them made a 128 px step 11-14%
+faster (``bench/bench_malloc.py``; no change at 256 px). :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX = 0`` (large blocks come
 from the heap too) and ``M_TRIM_THRESHOLD`` to 1 GiB (freed memory stays for the next step), with
 ``mallopt``. It changes the allocator of the whole process, so the library never calls it on its
 own: the ``segstyle`` command does, and programs that call :func:`segstyle_jax.api.stylize` in a

@@ -110,17 +110,17 @@ class Conv3x3(nn.Module):
     """A 3x3 stride-1 convolution with one pixel of zero padding and a bias, with ``nn.Conv``'s
     parameters (``kernel`` HWIO ``[3, 3, c_in, c_out]``, ``bias`` ``[c_out]``) and initializers.
 
-    ``algorithm``: ``'auto'``, ``'direct'`` or ``'winograd'`` (:func:`segstyle_jax.winograd.conv3x3`).
+    ``algorithm``: ``'direct'``, ``'auto'`` or ``'winograd'`` (:func:`segstyle_jax.winograd.conv3x3`).
     """
 
     features: int
-    algorithm: str = "auto"
+    algorithm: str = "direct"
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), x.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
-        return winograd.conv3x3(x, kernel, self.algorithm) + bias
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return winograd.conv3x3(x, kernel.astype(x.dtype), self.algorithm) + bias.astype(x.dtype)
 
 
 class VGG(nn.Module):

@@ -7,13 +7,14 @@ each 2x2 block of outputs from the 4x4 block of inputs around it with 16 multipl
     Y = A^T [ (G w G^T) * (B^T d B) ] A        (* elementwise over the 4x4 tile, summed over c_in)
 
 so the convolution becomes 16 matrix products ``[tiles, c_in] @ [c_in, c_out]`` (2.25x fewer
-multiplications) between two cheap linear transforms (additions and subtractions). The result equals the direct convolution up
-to float rounding (relative error about 1e-6 in float32; the transforms only use 0, +-1 and 0.5).
+multiplications) between two cheap linear transforms (additions and subtractions). The result
+equals the direct convolution up to float rounding (relative error about 1e-6 in float32; the
+transforms only use 0, +-1 and 0.5).
 
 Why it is here: on XLA's CPU backend the direct convolution already runs near the matmul peak, so
-removing multiplications is what is left to gain. It pays where the feature maps are small
-(the transforms move 4x the data of the input and output through memory); :func:`prefer_winograd`
-is the rule measured on the development CPU (README "Speed").
+removing multiplications is what is left to gain. The transforms move 4x the data of a layer's
+input and output through memory, and the 3-channel first layer has too little work to repay them;
+:func:`prefer_winograd` is the rule measured on the development CPU (README "Speed").
 
 The gradient with respect to the input is again a 3x3 convolution (with the kernel flipped and its
 channels swapped), so the custom VJP runs it by Winograd too; the kernel's gradient uses the direct
@@ -102,8 +103,8 @@ def conv3x3_winograd(x, w):
     :func:`conv3x3_direct` up to float rounding. Differentiable in ``x`` (by Winograd) and ``w``.
 
     A kernel known when tracing (NumPy, or a concrete jax array: the engine compiles the weights
-    into the step) is transformed once on the host; left to XLA, folding the transforms of
-    VGG's constants added 5-9 s to every compile.
+    into the step) is transformed once on the host with NumPy, so the compiled step holds the
+    transformed constants and computes nothing from the kernel.
     """
     if isinstance(w, jax.core.Tracer):
         return _conv_traced_kernel(x, w)
@@ -155,8 +156,8 @@ MIN_STEP_PIXELS = 2 ** 20
 def prefer_winograd(height: int, width: int, c_in: int, platform: str) -> bool:
     """Whether ``algorithm='auto'`` uses Winograd for a layer: on CPU, for inputs of at least 16
     channels (the 3-channel first layer ran 6x slower than XLA's convolution) and feature maps of at
-    most :data:`MAX_WINOGRAD_PIXELS` pixels. Whole VGG16 steps (K = 2, the engine's loss) took 0.59-0.77x
-    the time of the direct step at 32-512 px. GPUs have their own convolution algorithms (cuDNN picks
+    most :data:`MAX_WINOGRAD_PIXELS` pixels. Whole VGG16 steps (K = 2, the engine's loss) took 0.58-0.85x
+    the time of the direct step at 64-512 px (``bench/bench_step.py --conv direct auto``). GPUs have their own convolution algorithms (cuDNN picks
     Winograd itself where it pays), so there it is never preferred."""
     return platform == "cpu" and c_in >= 16 and height * width <= MAX_WINOGRAD_PIXELS
 

@@ -1,0 +1,112 @@
+"""The JAX step with and without ``host_memory.keep_freed_memory()``, each in its own fresh process.
+
+    python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2; about 3 minutes
+    python bench/bench_malloc.py --sizes 256 --segments 2 --steps 30 --rounds 3
+
+The setting changes glibc's malloc for the whole process, so it cannot be compared inside one
+process, and not next to PyTorch (``bench_step.py --keep-freed-memory`` shows what sharing the heap
+does): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
+fresh process that compiles the engine's step (``conv='auto'``), takes ``--warmup``
+untimed steps and then ``--steps`` timed ones. Reported: the median step of each run, the median
+over runs, and the ratio kept / default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_one(size: int, k: int, approach: str, steps: int, warmup: int, keep: bool) -> dict:
+    """In this process: compile one step and time it -> its row."""
+    from segstyle_jax import host_memory
+
+    applied = host_memory.keep_freed_memory() if keep else False
+    import jax
+    import numpy as np
+
+    from bench.bench_step import make_inputs
+    from segstyle_jax import engine
+    from segstyle_jax.config import LossWeights, StepConfig
+    from segstyle_jax.weights import load_default_weights
+
+    weights = load_default_weights()
+    content, styles, masks = make_inputs(size, k, "bands")
+    cfg = StepConfig(approach, size, size, k)
+    lw = LossWeights.create(cfg)
+    seg = [engine.SegmentStyle(((i, 1.0, None),)) for i in range(k)]
+    targets = engine.make_targets(cfg, weights.model(cfg.taps), weights.params, content, masks,
+                                  engine.segment_targets(weights.model(cfg.style_taps), weights.params, styles, seg))
+    conv = "auto"  # as stylize runs a stage of a few hundred steps
+    init, update = engine.make_update_fn(cfg, weights.model(cfg.taps, conv=conv), params=weights.params)
+    x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
+    state = init(x0)
+    compiled = engine.compile_lowered(update.lower(state, targets, lw))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        state, info = compiled(state, targets, lw)
+        jax.block_until_ready(info)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"size": size, "segments": k, "approach": approach, "conv": conv, "keep_freed_memory": applied,
+            "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    p.add_argument("--segments", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--approach", default="blended", choices=("multipass", "blended", "locality", "localized"))
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=8, help="untimed steps first (glibc's heap settles in a few)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--one", nargs=3, type=int, help=argparse.SUPPRESS)  # child: size k keep
+    args = p.parse_args(argv)
+    if args.one:
+        size, k, keep = args.one
+        print(json.dumps(run_one(size, k, args.approach, args.steps, args.warmup, bool(keep))))
+        return None
+
+    rows = []
+    for size in args.sizes:
+        for k in args.segments:
+            if size >= 256 and k == 1:
+                continue  # keep the default run short: 128 px K 1 and 2, 256 px K 2
+            runs = {0: [], 1: []}
+            for _ in range(args.rounds):
+                for keep in (0, 1):
+                    out = subprocess.run([sys.executable, __file__, "--one", str(size), str(k), str(keep),
+                                          "--approach", args.approach, "--steps", str(args.steps),
+                                          "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                    row = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+                    print(json.dumps(row), flush=True)
+                    runs[keep].append(row)
+            med = {keep: statistics.median(r["step_median_s"] for r in rs) for keep, rs in runs.items()}
+            rows.append((size, k, runs, med))
+
+    import jax
+
+    print(f"\n{jax.devices()[0].device_kind} | jax {jax.__version__} | {args.approach}, {args.steps} timed steps after "
+          f"{args.warmup}, {args.rounds} fresh processes per mode\n")
+    print("| size | K | conv | default malloc s/step (runs) | keep_freed_memory s/step (runs) | kept / default |")
+    print("|---|---|---|---|---|---|")
+    for size, k, runs, med in rows:
+        fmt = lambda rs: ", ".join(f"{r['step_median_s']:.3f}" for r in rs)  # noqa: E731
+        applied = all(r["keep_freed_memory"] for r in runs[1])
+        print(f"| {size}² | {k} | {runs[0][0]['conv']} | {med[0]:.3f} ({fmt(runs[0])}) | {med[1]:.3f} ({fmt(runs[1])})"
+              f"{'' if applied else ' (not applied: no glibc)'} | {med[1] / med[0]:.2f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
