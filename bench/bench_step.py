@@ -10,7 +10,8 @@ same inputs in one process: the real default VGG16 weights, skimage's astronaut 
 hubble_deep_field / brick / coffee / chelsea as the styles of segments 1..4, and K vertical bands
 (``--masks hbands``: horizontal; ``ellipse``: an ellipse around the astronaut plus bands) as masks.
 Both start from the content image. JAX runs the engine's own ``make_update_fn`` step (with the
-convolution algorithm(s) of ``--conv``, default ``auto`` as ``stylize`` runs it), compiled ahead
+convolution algorithm(s) of ``--conv``; the default ``auto`` is what ``stylize`` compiles for a stage
+of a few hundred steps), compiled ahead
 of time (``update.lower(...).compile()``; that is the compile time, reported apart, as is the first
 execution); PyTorch runs ``bench/torch_reference.py``. After ``--warmup`` untimed steps each, the
 two take turns, one step at a time, for ``--steps`` timed steps.
