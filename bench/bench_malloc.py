@@ -1,7 +1,7 @@
 """The JAX step with and without ``host_memory.keep_freed_memory()``, each in its own fresh process.
 
     python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2; about 3 minutes
-    python bench/bench_malloc.py --sizes 256 --segments 2 --steps 30 --rounds 3
+    python bench/bench_malloc.py --configs 256:2 512:1 --steps 30 --rounds 3
 
 The setting changes glibc's malloc for the whole process, so it cannot be compared inside one
 process, and not next to PyTorch (``bench_step.py --keep-freed-memory`` shows what sharing the heap
@@ -64,8 +64,8 @@ def run_one(size: int, k: int, approach: str, steps: int, warmup: int, keep: boo
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--segments", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--configs", nargs="+", default=["128:1", "128:2", "256:2"], metavar="SIZE:K",
+                   help="image size and number of segments of each configuration (default 128:1 128:2 256:2)")
     p.add_argument("--approach", default="blended", choices=("multipass", "blended", "locality", "localized"))
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=8, help="untimed steps first (glibc's heap settles in a few)")
@@ -77,22 +77,25 @@ def main(argv=None):
         print(json.dumps(run_one(size, k, args.approach, args.steps, args.warmup, bool(keep))))
         return None
 
+    try:
+        configs = [tuple(int(v) for v in c.split(":")) for c in args.configs]
+        if any(len(c) != 2 or min(c) < 1 for c in configs):
+            raise ValueError
+    except ValueError:
+        p.error(f"--configs takes SIZE:K pairs of positive integers, got {args.configs}")
     rows = []
-    for size in args.sizes:
-        for k in args.segments:
-            if size >= 256 and k == 1:
-                continue  # keep the default run short: 128 px K 1 and 2, 256 px K 2
-            runs = {0: [], 1: []}
-            for _ in range(args.rounds):
-                for keep in (0, 1):
-                    out = subprocess.run([sys.executable, __file__, "--one", str(size), str(k), str(keep),
-                                          "--approach", args.approach, "--steps", str(args.steps),
-                                          "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
-                    row = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
-                    print(json.dumps(row), flush=True)
-                    runs[keep].append(row)
-            med = {keep: statistics.median(r["step_median_s"] for r in rs) for keep, rs in runs.items()}
-            rows.append((size, k, runs, med))
+    for size, k in configs:
+        runs = {0: [], 1: []}
+        for _ in range(args.rounds):
+            for keep in (0, 1):
+                out = subprocess.run([sys.executable, __file__, "--one", str(size), str(k), str(keep),
+                                      "--approach", args.approach, "--steps", str(args.steps),
+                                      "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                row = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+                print(json.dumps(row), flush=True)
+                runs[keep].append(row)
+        med = {keep: statistics.median(r["step_median_s"] for r in rs) for keep, rs in runs.items()}
+        rows.append((size, k, runs, med))
 
     import jax
 

@@ -144,7 +144,8 @@ _conv_traced_kernel.defvjp(_fwd, _bwd)
 
 # Largest feature map (pixels per image) that algorithm='auto' runs by Winograd: its tile tensors
 # take 4x the memory of the input, which matters at 1024-2048 px; at a 512 px image, allowing
-# 256x256 maps was 0.77x of the direct step against 0.80x for 128x128 (interleaved, same process).
+# 256x256 maps was 0.77x of the direct step against 0.80x for 128x128 (measured once, the compiled
+# steps interleaved in one process).
 MAX_WINOGRAD_PIXELS = 256 * 256
 
 # Extra compile seconds Winograd costs a whole step (about 2.2 s on the development CPU, 2 cores)
