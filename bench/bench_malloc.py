@@ -8,13 +8,15 @@ process, and not next to PyTorch (``bench_step.py --keep-freed-memory`` shows wh
 does): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
 fresh process that compiles the engine's step (``conv='auto'``), takes ``--warmup``
 untimed steps and then ``--steps`` timed ones. Reported: the median step of each run, the median
-over runs, and the ratio kept / default.
+over runs, the ratio kept / default, XLA's temp buffer size and the page faults per timed step
+(minor faults: each is a 4 KB page of a freed buffer that the OS maps and zeroes again).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,15 +52,17 @@ def run_one(size: int, k: int, approach: str, steps: int, warmup: int, keep: boo
     x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
     state = init(x0)
     compiled = engine.compile_lowered(update.lower(state, targets, lw))
-    times = []
+    times, faults = [], 0
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         state, info = compiled(state, targets, lw)
         jax.block_until_ready(info)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     return {"size": size, "segments": k, "approach": approach, "conv": conv, "keep_freed_memory": applied,
-            "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times)}
+            "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
+            "page_faults_per_step": faults / steps, "xla_temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2 ** 20}
 
 
 def main(argv=None):
@@ -101,13 +105,16 @@ def main(argv=None):
 
     print(f"\n{jax.devices()[0].device_kind} | jax {jax.__version__} | {args.approach}, {args.steps} timed steps after "
           f"{args.warmup}, {args.rounds} fresh processes per mode\n")
-    print("| size | K | conv | default malloc s/step (runs) | keep_freed_memory s/step (runs) | kept / default |")
-    print("|---|---|---|---|---|---|")
+    print("| size | K | conv | XLA temp MB | default malloc s/step (runs) | keep_freed_memory s/step (runs) | kept / default "
+          "| page faults per step, default / kept |")
+    print("|---|---|---|---|---|---|---|---|")
     for size, k, runs, med in rows:
         fmt = lambda rs: ", ".join(f"{r['step_median_s']:.3f}" for r in rs)  # noqa: E731
         applied = all(r["keep_freed_memory"] for r in runs[1])
-        print(f"| {size}² | {k} | {runs[0][0]['conv']} | {med[0]:.3f} ({fmt(runs[0])}) | {med[1]:.3f} ({fmt(runs[1])})"
-              f"{'' if applied else ' (not applied: no glibc)'} | {med[1] / med[0]:.2f} |")
+        faults = {keep: statistics.median(r["page_faults_per_step"] for r in rs) for keep, rs in runs.items()}
+        print(f"| {size}² | {k} | {runs[0][0]['conv']} | {runs[0][0]['xla_temp_mb']:.0f} | {med[0]:.3f} ({fmt(runs[0])}) "
+              f"| {med[1]:.3f} ({fmt(runs[1])}){'' if applied else ' (not applied: no glibc)'} | {med[1] / med[0]:.2f} "
+              f"| {faults[0]:.0f} / {faults[1]:.0f} |")
     return rows
 
 

@@ -1,14 +1,21 @@
 """Keep freed memory in the process instead of handing it back to the OS after every step (glibc).
 
-XLA's CPU runtime allocates the step's temporary buffer (tens to hundreds of MB) at every execution
-and frees it at the end. glibc serves allocations above 32 MB with a fresh ``mmap`` and unmaps them
-on ``free``, so every step starts by page-faulting and zeroing all of it again; smaller chunks are
-returned by trimming the heap. On the 2-core benchmark CPU keeping them made a 128 px step 11-14%
-faster (``bench/bench_malloc.py``; no change at 256 px). :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX = 0`` (large blocks come
-from the heap too) and ``M_TRIM_THRESHOLD`` to 1 GiB (freed memory stays for the next step), with
-``mallopt``. It changes the allocator of the whole process, so the library never calls it on its
-own: the ``segstyle`` command does, and programs that call :func:`segstyle_jax.api.stylize` in a
-loop may. The cost: the process keeps its peak memory until it exits.
+XLA's CPU runtime allocates the step's temporary buffer (tens of MB to GBs) at every execution, from
+one of its worker threads, and frees it at the end. glibc gives such a block back to the OS when it
+is freed, in three ways, so every step starts by page-faulting and zeroing all of it again (about
+2.5 GB/s on the 2-core benchmark CPU, a fifth of its copy bandwidth): blocks above 32 MB come from a
+fresh ``mmap``; a worker thread's arena cannot hold a block above 64 MB at all, so those are
+mmapped whatever the thresholds say; and the top of the heap is trimmed once it passes the trim
+threshold. :func:`keep_freed_memory` closes all three with ``mallopt``: ``M_MMAP_MAX = 0`` (large
+blocks come from the heap), ``M_ARENA_MAX = 1`` (every thread allocates from the main heap, which
+has no size limit) and ``M_TRIM_THRESHOLD`` at its maximum, 2 GiB (freed memory stays for the next
+step). Measured on that CPU (``bench/bench_malloc.py``, fresh processes): no page faults left in a
+step up to 512 px; README "Speed" has the step times.
+
+It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
+allocated yet, so call it first, before any JAX computation. The library never calls it on its own:
+the ``segstyle`` command does, and programs that call :func:`segstyle_jax.api.stylize` may. The
+cost: the process keeps its peak memory until it exits.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-TRIM_THRESHOLD_BYTES = 1 << 30
+_M_ARENA_MAX = -8
+TRIM_THRESHOLD_BYTES = 2 ** 31 - 1  # mallopt takes an int: the most it accepts
 
 _applied = False
 
@@ -36,7 +44,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _applied = all(mallopt(option, value) for option, value in
+                   ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)))
     return _applied
 
 
