@@ -120,7 +120,9 @@ class Conv3x3(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return winograd.conv3x3(x, kernel.astype(x.dtype), self.algorithm) + bias.astype(x.dtype)
+        if kernel.dtype != x.dtype:  # a NumPy kernel (weights compiled in) would otherwise be copied
+            kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
+        return winograd.conv3x3(x, kernel, self.algorithm) + bias
 
 
 class VGG(nn.Module):
