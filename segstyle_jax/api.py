@@ -9,6 +9,8 @@ side ``size``), the targets are computed once, and the compiled update step runs
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -307,15 +309,6 @@ def stylize(
         model = vgg_weights.model(config.taps, pooling)  # targets: one forward pass, direct compiles fastest
         step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
             steps_per_scale[si], *hw, jax.default_backend()) else conv
-        styles_s = [_style_at(s, style_long) for s in style_originals]
-        seg_styles = [engine.SegmentStyle(tuple(
-            (index, w, None if (k, j) not in region_originals
-             else _resize_mask(region_originals[(k, j)], styles_s[index].shape[:2]))
-            for j, (index, w, _) in enumerate(parts))) for k, parts in enumerate(segment_parts)]
-        style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
-                                               styles_s, seg_styles)
-        targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
-
         if current is not None:
             start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
                 else images_lib.resize_to(current, hw)
@@ -328,9 +321,24 @@ def stylize(
         if approach == "multipass" and start.ndim == 3:
             start = np.broadcast_to(start, (config.num_images, *hw, 3))
 
+        # The step compiles (from the targets' shapes) in a thread while the targets are computed:
+        # both are mostly XLA compiling, which leaves part of the second core idle when run in turn.
         step_model = vgg_weights.model(config.taps, pooling, step_conv)
-        init_fn, update, seconds, need, passes = _compile_passes(config, step_model, vgg_weights.params, targets,
-                                                                 loss_weights, start, batch_passes)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            compiling = pool.submit(_compile_step, config, step_model, vgg_weights.params,
+                                    engine.targets_spec(config, model, vgg_weights.params), loss_weights, start,
+                                    batch_passes)
+            styles_s = [_style_at(s, style_long) for s in style_originals]
+            seg_styles = [engine.SegmentStyle(tuple(
+                (index, w, None if (k, j) not in region_originals
+                 else _resize_mask(region_originals[(k, j)], styles_s[index].shape[:2]))
+                for j, (index, w, _) in enumerate(parts))) for k, parts in enumerate(segment_parts)]
+            style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
+                                                   styles_s, seg_styles)
+            targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
+            init_fn, update, seconds, need, split = compiling.result()
+        passes = [(targets, loss_weights, start)] if not split else \
+            [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(engine.split_passes(config, targets, loss_weights))]
         compile_seconds += seconds
         memory_bytes = max(memory_bytes or 0, need or 0) or None
         num_passes = len(passes)
@@ -397,29 +405,31 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
 
 
-def _compile_passes(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,
-                    batch_passes: bool | None):
-    """Compile the step of one scale -> ``(init, compiled update, seconds, bytes, [(targets, weights, start)]
-    per pass)``; ``bytes`` is XLA's estimate of the compiled step's memory (``None`` if unknown).
+def _compile_step(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,
+                  batch_passes: bool | None):
+    """Compile the step of one scale -> ``(init, compiled update, seconds, bytes, split)``; ``bytes``
+    is XLA's estimate of the compiled step's memory (``None`` if unknown); ``targets`` may be
+    :func:`engine.targets_spec` (shapes only).
 
-    One pass (the whole problem) unless ``config`` is multipass and either ``batch_passes`` is
-    ``False`` or it is ``None`` and the batched step does not fit in memory: then ``K`` passes of one
-    image each (:func:`engine.split_passes`), all run by one compiled program."""
+    ``split`` is ``False`` for one pass (the whole problem), ``True`` when ``config`` is multipass and
+    either ``batch_passes`` is ``False`` or it is ``None`` and the batched step does not fit in
+    memory: then the step is compiled for one image, to run ``K`` passes
+    (:func:`engine.split_passes`)."""
     seconds = 0.0
     split = config.approach == "multipass" and config.num_segments > 1 and batch_passes is not True
     if not split or batch_passes is None:
         init_fn, update = engine.make_update_fn(config, model, params=params)
         try:
             compiled, seconds, need = engine.compile_update(update, init_fn(start), targets, weights, config)
-            return init_fn, compiled, seconds, need, [(targets, weights, start)]
+            return init_fn, compiled, seconds, need, False
         except MemoryError:
             if not split:
                 raise
-    passes = engine.split_passes(config, targets, weights)
-    one, targets0, weights0 = passes[0]
+    one = dataclasses.replace(config, num_segments=1)
+    targets0, weights0 = jax.eval_shape(lambda t, w: engine.split_passes(config, t, w)[0][1:], targets, weights)
     init_fn, update = engine.make_update_fn(one, model, params=params)
     compiled, more, need = engine.compile_update(update, init_fn(start[:1]), targets0, weights0, one)
-    return init_fn, compiled, seconds + more, need, [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(passes)]
+    return init_fn, compiled, seconds + more, need, True
 
 
 def _with_pass(images: np.ndarray, state: engine.State, index: int, num_passes: int) -> np.ndarray:

@@ -156,6 +156,21 @@ def make_targets(config: StepConfig, model: VGG, params, content, seg_masks, sty
                    style=dict(style_targets), masks=jnp.asarray(seg_masks), dist=jnp.asarray(dist))
 
 
+def targets_spec(config: StepConfig, model: VGG, params) -> Targets:
+    """The shapes and dtypes of :func:`make_targets`' result for ``config``, as
+    ``jax.ShapeDtypeStruct`` leaves: enough to compile the step (:func:`compile_update`) while the
+    targets themselves are still being computed. ``model`` must return ``config.taps``."""
+    f32 = jnp.float32
+    feats = jax.eval_shape(lambda x: model.apply({"params": params}, x),
+                           jax.ShapeDtypeStruct((config.height, config.width, 3), f32))
+    k = config.num_segments
+    masks = jax.ShapeDtypeStruct((k, config.height, config.width), f32)
+    return Targets(content={t: jax.ShapeDtypeStruct(feats[t].shape, f32) for t in config.content_taps},
+                   style={t: jax.ShapeDtypeStruct((k, feats[t].shape[-1], feats[t].shape[-1]), f32)
+                          for t in config.style_taps},
+                   masks=masks, dist=masks)
+
+
 # ----------------------------------------------------------------------------------------------
 # the loss
 

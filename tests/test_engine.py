@@ -175,3 +175,17 @@ def test_available_memory_counts_what_the_kernel_can_free():
     assert 0 < have <= total
     if os.path.exists("/proc/meminfo"):  # MemAvailable: free pages plus the droppable page cache
         assert have >= 0.9 * free_pages
+
+
+@pytest.mark.parametrize("approach", ["multipass", "localized"])
+def test_targets_spec_has_the_shapes_of_the_targets(random_weights, approach):
+    # stylize compiles the step from targets_spec while make_targets runs: the two must agree leaf by leaf
+    config, model, targets, start, _, _ = setup(random_weights, approach, K=3)
+    spec = engine.targets_spec(config, model, random_weights.params)
+    got = jax.tree.map(lambda s: (s.shape, s.dtype), spec)
+    want = jax.tree.map(lambda a: (a.shape, a.dtype), targets)
+    assert got == want
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
+    compiled, _, _ = engine.compile_update(update, init(start), spec, LossWeights.create(config), config)
+    _, info = compiled(init(start), targets, LossWeights.create(config))  # compiled from shapes, run on values
+    assert np.isfinite(float(info["loss"]))
