@@ -302,76 +302,83 @@ def stylize(
         plans.append((config, loss_weights, content_s, seg_s, max(16, round(style_scale * longest))))
 
     # --- coarse to fine ---
-    all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
-    current, stopped, done_before, memory_bytes, num_passes = None, "completed", 0, None, 1
-    for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
+    # Each scale's step compiles (from the targets' shapes) in one worker thread while its targets are
+    # computed in another, and scale s + 1 is prepared so while scale s runs: both are mostly XLA
+    # compiling, which done in turn leaves part of the second core idle.
+    def prepare(si: int):
+        config, loss_weights, content_s, seg_s, style_long = plans[si]
         hw = (config.height, config.width)
         model = vgg_weights.model(config.taps, pooling)  # targets: one forward pass, direct compiles fastest
         step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
             steps_per_scale[si], *hw, jax.default_backend()) else conv
-        if current is not None:
-            start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
-                else images_lib.resize_to(current, hw)
-        elif init_image is not None:
-            start = images_lib.resize_to(init_image, hw)
-        elif init == "noise":
-            start = np.asarray(engine.noise_image(jax.random.key(seed), (*hw, 3)))
-        else:
-            start = content_s
-        if approach == "multipass" and start.ndim == 3:
-            start = np.broadcast_to(start, (config.num_images, *hw, 3))
+        shape = (config.num_images, *hw, 3) if approach == "multipass" else (*hw, 3)
+        compiling = pool.submit(_compile_step, config, vgg_weights.model(config.taps, pooling, step_conv),
+                                vgg_weights.params, engine.targets_spec(config, model, vgg_weights.params),
+                                loss_weights, np.zeros(shape, np.float32), batch_passes)
+        targeting = pool.submit(_scale_targets, config, model, vgg_weights, pooling, content_s, seg_s.masks,
+                                [_style_at(s, style_long) for s in style_originals], segment_parts, region_originals)
+        return compiling, targeting
 
-        # The step compiles (from the targets' shapes) in a thread while the targets are computed:
-        # both are mostly XLA compiling, which leaves part of the second core idle when run in turn.
-        step_model = vgg_weights.model(config.taps, pooling, step_conv)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            compiling = pool.submit(_compile_step, config, step_model, vgg_weights.params,
-                                    engine.targets_spec(config, model, vgg_weights.params), loss_weights, start,
-                                    batch_passes)
-            styles_s = [_style_at(s, style_long) for s in style_originals]
-            seg_styles = [engine.SegmentStyle(tuple(
-                (index, w, None if (k, j) not in region_originals
-                 else _resize_mask(region_originals[(k, j)], styles_s[index].shape[:2]))
-                for j, (index, w, _) in enumerate(parts))) for k, parts in enumerate(segment_parts)]
-            style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
-                                                   styles_s, seg_styles)
-            targets = engine.make_targets(config, model, vgg_weights.params, content_s, seg_s.masks, style_targets)
+    all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
+    current, stopped, done_before, memory_bytes, num_passes = None, "completed", 0, None, 1
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="segstyle-prepare")
+    try:
+        next_scale = prepare(0)
+        for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
+            compiling, targeting = next_scale
+            targets = targeting.result()
             init_fn, update, seconds, need, split = compiling.result()
-        passes = [(targets, loss_weights, start)] if not split else \
-            [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(engine.split_passes(config, targets, loss_weights))]
-        compile_seconds += seconds
-        memory_bytes = max(memory_bytes or 0, need or 0) or None
-        num_passes = len(passes)
-        images_s = np.array(start, np.float32)  # multipass: [K, h, w, 3], filled pass by pass when split
-        logs = []
-        for pi, (targets_p, weights_p, start_p) in enumerate(passes):
-            state = init_fn(start_p)
-            # done/total count the steps of every pass; scales not compiled yet are assumed to split alike
-            before = done_before + pi * steps_per_scale[si]
-            total = done_before + len(passes) * sum(steps_per_scale[si:])
+            if si + 1 < len(plans):
+                next_scale = prepare(si + 1)
+            hw = (config.height, config.width)
+            if current is not None:
+                start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
+                    else images_lib.resize_to(current, hw)
+            elif init_image is not None:
+                start = images_lib.resize_to(init_image, hw)
+            elif init == "noise":
+                start = np.asarray(engine.noise_image(jax.random.key(seed), (*hw, 3)))
+            else:
+                start = content_s
+            if approach == "multipass" and start.ndim == 3:
+                start = np.broadcast_to(start, (config.num_images, *hw, 3))
+            passes = [(targets, loss_weights, start)] if not split else \
+                [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(engine.split_passes(config, targets, loss_weights))]
+            compile_seconds += seconds
+            memory_bytes = max(memory_bytes or 0, need or 0) or None
+            num_passes = len(passes)
+            images_s = np.array(start, np.float32)  # multipass: [K, h, w, 3], filled pass by pass when split
+            logs = []
+            for pi, (targets_p, weights_p, start_p) in enumerate(passes):
+                state = init_fn(start_p)
+                # done/total count the steps of every pass; scales not compiled yet are assumed to split alike
+                before = done_before + pi * steps_per_scale[si]
+                total = done_before + len(passes) * sum(steps_per_scale[si:])
 
-            def on_step(step, info, state, si=si, pi=pi, n=len(passes), before=before, total=total, seg_s=seg_s):
-                if callback is not None:
-                    callback(Progress(si, len(scales), step, steps_per_scale[si], before + step, total,
-                                      info["loss"], info,
-                                      lambda: _final_image_from(_with_pass(images_s, state, pi, n), approach,
-                                                                seg_s.masks, feather_px),
-                                      pi, n))
+                def on_step(step, info, state, si=si, pi=pi, n=len(passes), before=before, total=total, seg_s=seg_s):
+                    if callback is not None:
+                        callback(Progress(si, len(scales), step, steps_per_scale[si], before + step, total,
+                                          info["loss"], info,
+                                          lambda: _final_image_from(_with_pass(images_s, state, pi, n), approach,
+                                                                    seg_s.masks, feather_px),
+                                          pi, n))
 
-            state, log = engine.optimize(update, state, targets_p, weights_p, steps_per_scale[si], on_step)
-            logs.append(log)
-            images_s = _with_pass(images_s, state, pi, len(passes))
+                state, log = engine.optimize(update, state, targets_p, weights_p, steps_per_scale[si], on_step)
+                logs.append(log)
+                images_s = _with_pass(images_s, state, pi, len(passes))
+                if log.stopped != "completed":
+                    break
+            log = logs[0] if len(logs) == 1 else _merge_pass_logs(logs)
+            done_before += len(passes) * steps_per_scale[si]
+            all_losses += log.losses
+            all_terms += log.terms
+            step_seconds += log.step_seconds
+            current = images_s
             if log.stopped != "completed":
+                stopped = log.stopped
                 break
-        log = logs[0] if len(logs) == 1 else _merge_pass_logs(logs)
-        done_before += len(passes) * steps_per_scale[si]
-        all_losses += log.losses
-        all_terms += log.terms
-        step_seconds += log.step_seconds
-        current = images_s
-        if log.stopped != "completed":
-            stopped = log.stopped
-            break
+    finally:  # after an early stop or an error: drop what has not started, let a running compile end
+        pool.shutdown(wait=True, cancel_futures=True)
 
     seg_out = masks_lib.resize_segmentation(seg, current.shape[-3:-1])
     image = _final_image_from(current, approach, seg_out.masks, feather_px)
@@ -403,6 +410,19 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
         result.segmentation.masks, result.segmentation.labels,
         [_style_at(s, style_long) for s in style_images], style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
+
+
+def _scale_targets(config: StepConfig, model, vgg_weights: VGGWeights, pooling: str, content, seg_masks,
+                   styles: Sequence[np.ndarray], segment_parts, region_originals) -> engine.Targets:
+    """The targets of one scale: each segment's style Grams (under its regions, resized to that
+    style's size at this scale), the content features, the masks and their distance transform."""
+    seg_styles = [engine.SegmentStyle(tuple(
+        (index, w, None if (k, j) not in region_originals
+         else _resize_mask(region_originals[(k, j)], styles[index].shape[:2]))
+        for j, (index, w, _) in enumerate(parts))) for k, parts in enumerate(segment_parts)]
+    style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
+                                           styles, seg_styles)
+    return engine.make_targets(config, model, vgg_weights.params, content, seg_masks, style_targets)
 
 
 def _compile_step(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,

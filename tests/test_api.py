@@ -171,3 +171,22 @@ def test_a_wide_style_at_a_tiny_coarse_scale_keeps_16_px(tiny_scene, random_weig
                     weights=random_weights, scales=(0.5, 1.0), compute_metrics=False, **FAST)
     assert r.stopped == "completed" and len(r.losses) == 6
     assert api._style_at(wide, 16).shape == (16, 48, 3)
+
+
+def test_a_stop_from_the_callback_leaves_no_preparation_running(tiny_scene, random_weights):
+    # stylize prepares scale s + 1 in worker threads while scale s runs; a callback that stops the
+    # run propagates, and no worker is left compiling afterwards
+    import threading
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(tiny_scene, random_weights, scales=(0.5, 0.75, 1.0), callback=stop)
+    assert not [t for t in threading.enumerate() if t.name.startswith("segstyle-prepare")]
+    # and the same scales without the stop run every scale's steps, prepared ahead
+    r = run(tiny_scene, random_weights, scales=(0.5, 0.75, 1.0), steps=(2, 2, 3))
+    assert len(r.losses) == 7 and r.image.shape == (33, 40, 3)
