@@ -29,10 +29,12 @@ schedule's own step to target from 473 to 451. Runs on an idle machine repeat to
 **Candidates.** Each is a list of stages ``OPT[LR]@SCALE[:STEPS]`` (``adam@0.5:100`` = 100 Adam
 steps at half size, ``adam0.05@1`` = Adam with learning rate 0.05 at full size, ``lbfgs@1`` =
 optax's L-BFGS with its zoom line search at full size, ``lbfgs-fixed@1`` = L-BFGS with the unit
-step, no line search). Every stage is one :func:`stylize` call at ``size * SCALE`` starting
-from the previous stage's image (``init=``, upsampled by :func:`stylize` itself with the same
-Lanczos resize its own ``scales=`` schedule uses), which lets every stage have its own optimizer
-and learning rate (``stylize(scales=..., steps=(...))`` covers per-scale step counts alone). The last stage must be at full size;
+step, no line search). A schedule whose stages share one optimizer and learning rate is one
+:func:`stylize` call with ``scales=`` and ``steps=`` per scale, as the ``segstyle`` command runs
+``--scales 0.25 0.5 1 --steps 50 100 N`` (it prepares each scale while the one before runs). Any
+other schedule makes one call per stage, at ``size * SCALE``, starting from the previous stage's
+image (``init=``, upsampled by :func:`stylize` itself with the same Lanczos resize its own
+``scales=`` uses); both give the same sizes, targets and losses. The last stage must be at full size;
 it runs until its loss first reaches the target, or its step budget (``STEPS``, default
 ``--ref-steps``) or the wall budget (``--budget``, 0.8, x the plain schedule's time to target) runs
 out: a candidate slower than that is no contender, and is reported as ``> budget``.
@@ -52,9 +54,10 @@ may dip under the target once and be credited: see ``final_loss`` and the trace.
 
 **Reported** per candidate (a JSON line each, with the whole loss trace, then a Markdown table):
 wall seconds to target and the setup + compile seconds inside it (per stage: the time from the
-stage's start to its first step's callback minus one steady step, i.e. resizing, the style and
-content targets with their jits, and the XLA compile of the update step; for the reference also
-the engine's own first-step time), steps run at each scale, the ratio to the plain schedule's time
+end of the stage before, or the start, to its first step's callback minus one steady step, i.e.
+resizing, the style and content targets with their jits, and the XLA compile of the update step,
+less what was prepared while the stage before ran; for the reference also the XLA compile time of
+its step), steps run at each scale, the ratio to the plain schedule's time
 to target and to its full ``--ref-steps`` wall time, this process's CPU seconds to target, the
 loss where it stopped, median step seconds per stage, and the machine's load: the load average
 and ``others_cpu``, the CPU other processes used while the candidate ran (in cores; on a 2-core
@@ -179,11 +182,23 @@ class Problem:
     size: int
     weights: object
 
-    def stylize(self, stage: Stage, init, callback, steps: int):
+    def stylize(self, stages: list[Stage], steps: list[int], init, callback):
+        """One :func:`api.stylize` call for ``stages``, which share an optimizer and learning rate:
+        at the last one's size, the others as its ``scales``."""
+        last = stages[-1]
         return api.stylize(self.content, self.segments, self.styles, self.approach, steps=steps,
-                           size=max(16, round(self.size * stage.scale)), scales=(1.0,),
-                           optimizer=stage.optimizer, learning_rate=stage.learning_rate, init=init,
+                           size=max(16, round(self.size * last.scale)), scales=tuple(s.scale / last.scale for s in stages),
+                           optimizer=last.optimizer, learning_rate=last.learning_rate, init=init,
                            weights=self.weights, compute_metrics=False, callback=callback)
+
+
+def stylize_calls(stages: list[Stage]) -> list[list[Stage]]:
+    """The :func:`api.stylize` calls a schedule makes: one (with ``scales=``, as a user of the
+    ``segstyle`` command would run it) when every stage has the same optimizer and learning rate,
+    else one per stage."""
+    if len({(s.optimizer, s.learning_rate) for s in stages}) == 1:
+        return [list(stages)]
+    return [[s] for s in stages]
 
 
 def run_schedule(problem: Problem, stages: list[Stage], default_steps: int, target: float | None = None,
@@ -192,25 +207,28 @@ def run_schedule(problem: Problem, stages: list[Stage], default_steps: int, targ
 
     Returns the trace (stage, step, wall seconds since the start, loss, this process's CPU seconds
     since the start, unweighted content term, unweighted style term), per-stage timings and why it
-    stopped."""
+    stopped. A stage's setup + compile is the time from the end of the stage before (or the start)
+    to its first step's callback, minus one steady step; inside one :func:`api.stylize` call the next
+    scale is prepared while the current one runs, so that part of it is hidden in the steps before."""
     jax.clear_caches()  # every candidate compiles its own programs, as a fresh process would
     gc.collect()
     load_start = os.getloadavg()
     m0, c0 = _machine_cpu_seconds(), _cpu_seconds()
     t0 = time.perf_counter()
-    trace, stage_rows, image, reached, reached_cpu, stopped = [], [], "content", None, None, "completed"
-    for si, stage in enumerate(stages):
-        last = si == len(stages) - 1
-        steps = stage.steps if stage.steps is not None else default_steps
-        times: list[float] = []
-        holder = {}
-        start = time.perf_counter() - t0
+    trace, image, reached, reached_cpu, stopped = [], "content", None, None, "completed"
+    times: list[list[float]] = [[] for _ in stages]
+    holder, compile_s = {}, {}
+    offset = 0
+    for call in stylize_calls(stages):
+        steps = [s.steps if s.steps is not None else default_steps for s in call]
 
-        def callback(p, si=si, last=last, times=times, holder=holder):
+        def callback(p, offset=offset):
+            si = offset + p.scale_index
             t = time.perf_counter() - t0
-            times.append(t)
+            times[si].append(t)
             trace.append((si, p.step, round(t, 4), float(p.loss), round(_cpu_seconds() - c0, 3),
                           float(p.terms["content"]), float(p.terms["style"])))
+            last = si == len(stages) - 1
             why = "reached" if last and target is not None and p.loss <= target else \
                 "wall budget" if t > wall_budget else None
             if why:
@@ -218,26 +236,33 @@ def run_schedule(problem: Problem, stages: list[Stage], default_steps: int, targ
                     holder["image"] = p.image()
                 raise _Stop(why)
 
-        row = {"stage": str(stage), "scale": stage.scale, "px": max(16, round(problem.size * stage.scale)),
-               "optimizer": stage.optimizer, "learning_rate": stage.learning_rate}
         try:
-            result = problem.stylize(stage, image, callback, steps)
+            result = problem.stylize(call, steps, image, callback)
             image = result.image
-            row["engine_first_step_s"] = result.compile_seconds  # compile + first execution of the step
+            compile_s[offset] = result.compile_seconds  # the XLA compiles of the call's steps
             if result.stopped != "completed":
                 stopped = result.stopped
         except _Stop as stop:
             stopped = stop.why
             image = holder.get("image")
-        steady = [b - a for a, b in zip(times, times[1:])]
-        step_s = statistics.median(steady) if steady else 0.0
-        row.update(steps=len(times), step_median_s=step_s,
-                   setup_compile_s=(times[0] - start - step_s) if times else time.perf_counter() - t0 - start)
-        stage_rows.append(row)
-        if stopped == "reached":
-            reached, reached_cpu = times[-1], trace[-1][4]
+        offset += len(call)
         if stopped != "completed":
             break
+    stage_rows, before = [], 0.0
+    for si, stage in enumerate(stages):
+        ts = times[si]
+        steady = [b - a for a, b in zip(ts, ts[1:])]
+        step_s = statistics.median(steady) if steady else 0.0
+        stage_rows.append({"stage": str(stage), "scale": stage.scale, "px": max(16, round(problem.size * stage.scale)),
+                           "optimizer": stage.optimizer, "learning_rate": stage.learning_rate, "steps": len(ts),
+                           "step_median_s": step_s, "setup_compile_s": (ts[0] - before - step_s) if ts else 0.0})
+        if si in compile_s:
+            stage_rows[-1]["engine_compile_s"] = compile_s[si]
+        if not ts:
+            break
+        before = ts[-1]
+    if stopped == "reached":
+        reached, reached_cpu = trace[-1][2], trace[-1][4]
     wall = time.perf_counter() - t0
     m1, c1 = _machine_cpu_seconds(), _cpu_seconds()
     if stopped == "completed" and target is not None:
@@ -454,7 +479,7 @@ def main(argv=None):
             f.write(json.dumps({**common, "summary": {r["candidate"]: r["same_speed_s"] for r in rows}}) + "\n")
 
     v = env["versions"]
-    first = ref_row["stages"][0].get("engine_first_step_s", float("nan"))
+    first = ref_row["stages"][0].get("engine_compile_s", float("nan"))
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | jax {v['jax']} jaxlib {v['jaxlib']} "
           f"flax {v['flax']} optax {v['optax']} numpy {v['numpy']} | XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']} | "
           f"CPU {busy:.0f}% busy before start, load average {env['loadavg_at_start'][0]:.2f} at start, "
@@ -463,7 +488,7 @@ def main(argv=None):
           f"(last {ref_row['ref_last_loss']:.6g}, min {ref_row['ref_min_loss']:.6g}, tail median "
           f"{ref_row['ref_tail_median_loss']:.6g}); plain: step "
           f"{ref_row['steps_to_target']} of {ref_steps}, {plain['ttt']:.1f} s to target, {plain['wall']:.1f} s for "
-          f"all steps (its engine's first step, compile included: {first:.1f} s)"
+          f"all steps (its step's XLA compile: {first:.1f} s)"
           + (f" [reference reused from {args.reference}]" if args.reference else "")
           + f" | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows, plain))
