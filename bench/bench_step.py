@@ -51,6 +51,12 @@ while XLA's work-stealing thread pool barely slows down. A PyTorch CPU util well
 count, or ``others_cpu_util`` above ~0.1, marks a row as disturbed. A warning is
 printed when the machine is not idle at start.
 
+Memory allocation is the same for both: by default (``--malloc keep``) the process runs with
+``segstyle_jax.host_memory.keep_freed_memory()``, as the ``segstyle`` command does, so neither
+framework page-faults its freed buffers in again at every step (both got faster with it: XLA frees
+its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--malloc glibc`` leaves
+glibc's malloc as it is. ``malloc_keeps_freed_memory`` in every row says which.
+
 ``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
 (no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
 loss with its gradient; the optimizer's share is the step minus the loss with its gradient.
@@ -611,12 +617,12 @@ def main(argv=None):
                    help="skip the torch FlopCounterMode cross-check")
     p.add_argument("--breakdown", action="store_true", help="also time VGG forward / backward / loss parts")
     p.add_argument("--breakdown-reps", type=int, default=3)
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="apply segstyle_jax.host_memory.keep_freed_memory() (as the segstyle command does) to this "
-                        "process, so to both frameworks: their allocations then share one heap, which sped PyTorch up "
-                        "and slowed JAX down in some rows (default: glibc's malloc as it is)")
+    p.add_argument("--malloc", default="keep", choices=("keep", "glibc"),
+                   help="keep: segstyle_jax.host_memory.keep_freed_memory() for this process, so for both frameworks, "
+                        "as the segstyle command runs (freed buffers are reused, not faulted in again every step); "
+                        "glibc: its malloc as it is (default: keep)")
     args = p.parse_args(argv)
-    if args.keep_freed_memory:
+    if args.malloc == "keep":  # before any JAX or torch work: it binds threads that have not allocated yet
         host_memory.keep_freed_memory()
     if args.quick:
         args.sizes, args.segments = [64, 128], [1, 2]
