@@ -330,18 +330,8 @@ def stylize(
             init_fn, update, seconds, need, split = compiling.result()
             if si + 1 < len(plans):
                 next_scale = prepare(si + 1)
-            hw = (config.height, config.width)
-            if current is not None:
-                start = np.stack([images_lib.resize_to(c, hw) for c in current]) if current.ndim == 4 \
-                    else images_lib.resize_to(current, hw)
-            elif init_image is not None:
-                start = images_lib.resize_to(init_image, hw)
-            elif init == "noise":
-                start = np.asarray(engine.noise_image(jax.random.key(seed), (*hw, 3)))
-            else:
-                start = content_s
-            if approach == "multipass" and start.ndim == 3:
-                start = np.broadcast_to(start, (config.num_images, *hw, 3))
+            previous = current if current is not None else init_image if init_image is not None else init
+            start = _start_image(config, previous, content_s, seed)
             passes = [(targets, loss_weights, start)] if not split else \
                 [(t, w, start[k:k + 1]) for k, (_, t, w) in enumerate(engine.split_passes(config, targets, loss_weights))]
             compile_seconds += seconds
@@ -410,6 +400,22 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
         result.segmentation.masks, result.segmentation.labels,
         [_style_at(s, style_long) for s in style_images], style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
+
+
+def _start_image(config: StepConfig, start, content: np.ndarray, seed: int) -> np.ndarray:
+    """The image a scale starts from, at its size: ``start`` (the scale before's result, or an init
+    image; ``[K, h, w, 3]`` images are resized one by one), ``"noise"`` (uniform, from ``seed``) or
+    ``"content"``; ``[K, h, w, 3]`` for multipass."""
+    hw = (config.height, config.width)
+    if isinstance(start, str):
+        start = np.asarray(engine.noise_image(jax.random.key(seed), (*hw, 3))) if start == "noise" else content
+    elif start.ndim == 4:
+        start = np.stack([images_lib.resize_to(s, hw) for s in start])
+    else:
+        start = images_lib.resize_to(start, hw)
+    if config.approach == "multipass" and start.ndim == 3:
+        start = np.broadcast_to(start, (config.num_images, *hw, 3))
+    return start
 
 
 def _scale_targets(config: StepConfig, model, vgg_weights: VGGWeights, pooling: str, content, seg_masks,

@@ -8,9 +8,10 @@ fresh ``mmap``; a worker thread's arena cannot hold a block above 64 MB at all, 
 mmapped whatever the thresholds say; and the top of the heap is trimmed once it passes the trim
 threshold. :func:`keep_freed_memory` closes all three with ``mallopt``: ``M_MMAP_MAX = 0`` (large
 blocks come from the heap), ``M_ARENA_MAX = 1`` (every thread allocates from the main heap, which
-has no size limit) and ``M_TRIM_THRESHOLD`` at its maximum, 2 GiB (freed memory stays for the next
-step). Measured on that CPU (``bench/bench_malloc.py``, fresh processes): no page faults left in a
-step up to 512 px; README "Speed" has the step times.
+has no size limit) and ``M_TRIM_THRESHOLD = -1`` (never trim: freed memory stays for the next step;
+a 2 GiB threshold still let a 512 px multipass step with K = 2, whose heap top passes 2 GiB, fault
+its 1.2 GB temp buffer in again every time). Measured on that CPU (``bench/bench_malloc.py``, fresh
+processes): no page faults left in a step up to 512 px; README "Speed" has the step times.
 
 It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
 allocated yet, so call it first, before any JAX computation. The library never calls it on its own:
@@ -26,7 +27,7 @@ import ctypes.util
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-TRIM_THRESHOLD_BYTES = 2 ** 31 - 1  # mallopt takes an int: the most it accepts
+_NEVER = -1  # for M_TRIM_THRESHOLD: never trim (mallopt(3))
 
 _applied = False
 
@@ -45,7 +46,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(option, value) for option, value in
-                   ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)))
+                   ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _NEVER)))
     return _applied
 
 
