@@ -4,7 +4,8 @@ Everything is validated on the host before any compute: images readable, the seg
 size of the content image, every segment with a style and every style with a segment, weights
 that match their counts. Then the content and masks are resized to the working size (longest
 side ``size``), the targets are computed once, and the compiled update step runs ``steps`` times
-(at each scale of ``scales``, coarse to fine).
+(at each scale of ``scales``, coarse to fine; a scale's targets and compiled step are prepared in
+two worker threads while the scale before it runs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segstyle_jax import engine, images as images_lib, masks as masks_lib, metrics as metrics_lib, winograd
+from segstyle_jax import engine, host_memory, images as images_lib, masks as masks_lib, winograd
+from segstyle_jax import metrics as metrics_lib
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
 from segstyle_jax.weights import VGGWeights, resolve_weights
 
@@ -314,7 +316,7 @@ def stylize(
         shape = (config.num_images, *hw, 3) if approach == "multipass" else (*hw, 3)
         compiling = pool.submit(_compile_step, config, vgg_weights.model(config.taps, pooling, step_conv),
                                 vgg_weights.params, engine.targets_spec(config, model, vgg_weights.params),
-                                loss_weights, np.zeros(shape, np.float32), batch_passes)
+                                loss_weights, np.zeros(shape, np.float32), batch_passes, available)
         targeting = pool.submit(_scale_targets, config, model, vgg_weights, pooling, content_s, seg_s.masks,
                                 [_style_at(s, style_long) for s in style_originals], segment_parts, region_originals)
         return compiling, targeting
@@ -322,12 +324,20 @@ def stylize(
     all_losses, all_terms, step_seconds, compile_seconds = [], [], [], 0.0
     current, stopped, done_before, memory_bytes, num_passes = None, "completed", 0, None, 1
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="segstyle-prepare")
+    # what the steps may use, read once: a compile that runs beside the targets' forward passes (or an
+    # earlier scale's steps) would otherwise see less, and batch or split a multipass run by chance
+    available = engine.available_memory_bytes()
     try:
+        host_memory.keep_large_blocks(False)  # setup's large blocks go back when freed (host_memory docstring)
         next_scale = prepare(0)
         for si, (config, loss_weights, content_s, seg_s, style_long) in enumerate(plans):
             compiling, targeting = next_scale
             targets = targeting.result()
             init_fn, update, seconds, need, split = compiling.result()
+            # keep the step's large blocks only if this step, and the next scale's setup that runs beside
+            # it (its need guessed from the pixel count), leave room: host_memory's docstring
+            host_memory.before_step(_need_with_next_scale(need, config, plans[si + 1][0] if si + 1 < len(plans) else None),
+                                    available)
             if si + 1 < len(plans):
                 next_scale = prepare(si + 1)
             previous = current if current is not None else init_image if init_image is not None else init
@@ -369,6 +379,7 @@ def stylize(
                 break
     finally:  # after an early stop or an error: drop what has not started, let a running compile end
         pool.shutdown(wait=True, cancel_futures=True)
+        host_memory.keep_large_blocks(True)  # the process as keep_freed_memory left it
 
     seg_out = masks_lib.resize_segmentation(seg, current.shape[-3:-1])
     image = _final_image_from(current, approach, seg_out.masks, feather_px)
@@ -402,6 +413,14 @@ def quality(result: Result, content_image, style_images, style_names, own_style,
         style_layers, content_layers, layer_weights, band_px)
 
 
+def _need_with_next_scale(need: int | None, config: StepConfig, next_config: StepConfig | None) -> int | None:
+    """The bytes this scale's step needs, or the next scale's if larger, guessed as
+    ``need * pixels(next) / pixels(this)`` (the step's buffers grow with the pixel count)."""
+    if need is None or next_config is None:
+        return need
+    return max(need, round(need * next_config.height * next_config.width / (config.height * config.width)))
+
+
 def _start_image(config: StepConfig, start, content: np.ndarray, seed: int) -> np.ndarray:
     """The image a scale starts from, at its size: ``start`` (the scale before's result, or an init
     image; ``[K, h, w, 3]`` images are resized one by one), ``"noise"`` (uniform, from ``seed``) or
@@ -432,7 +451,7 @@ def _scale_targets(config: StepConfig, model, vgg_weights: VGGWeights, pooling: 
 
 
 def _compile_step(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,
-                  batch_passes: bool | None):
+                  batch_passes: bool | None, available: int | None):
     """Compile the step of one scale -> ``(init, compiled update, seconds, bytes, split)``; ``bytes``
     is XLA's estimate of the compiled step's memory (``None`` if unknown); ``targets`` may be
     :func:`engine.targets_spec` (shapes only).
@@ -440,13 +459,14 @@ def _compile_step(config: StepConfig, model, params, targets: engine.Targets, we
     ``split`` is ``False`` for one pass (the whole problem), ``True`` when ``config`` is multipass and
     either ``batch_passes`` is ``False`` or it is ``None`` and the batched step does not fit in
     memory: then the step is compiled for one image, to run ``K`` passes
-    (:func:`engine.split_passes`)."""
+    (:func:`engine.split_passes`). ``available``: the bytes the step may use
+    (:func:`engine.compile_update`)."""
     seconds = 0.0
     split = config.approach == "multipass" and config.num_segments > 1 and batch_passes is not True
     if not split or batch_passes is None:
         init_fn, update = engine.make_update_fn(config, model, params=params)
         try:
-            compiled, seconds, need = engine.compile_update(update, init_fn(start), targets, weights, config)
+            compiled, seconds, need = engine.compile_update(update, init_fn(start), targets, weights, config, available)
             return init_fn, compiled, seconds, need, False
         except MemoryError:
             if not split:
@@ -454,7 +474,7 @@ def _compile_step(config: StepConfig, model, params, targets: engine.Targets, we
     one = dataclasses.replace(config, num_segments=1)
     targets0, weights0 = jax.eval_shape(lambda t, w: engine.split_passes(config, t, w)[0][1:], targets, weights)
     init_fn, update = engine.make_update_fn(one, model, params=params)
-    compiled, more, need = engine.compile_update(update, init_fn(start[:1]), targets0, weights0, one)
+    compiled, more, need = engine.compile_update(update, init_fn(start[:1]), targets0, weights0, one, available)
     return init_fn, compiled, seconds + more, need, True
 
 

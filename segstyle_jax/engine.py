@@ -340,14 +340,15 @@ def compile_lowered(lowered):
     return lowered.compile()
 
 
-def compile_update(update, state: State, targets: Targets, weights: LossWeights, config: StepConfig):
+def compile_update(update, state: State, targets: Targets, weights: LossWeights, config: StepConfig,
+                   available_bytes: int | None = None):
     """Compile ``update`` ahead of time for these shapes -> ``(compiled, seconds, bytes needed)``.
 
     Raises ``MemoryError`` (before anything runs) when XLA's estimate of the step's memory
-    (arguments, outputs and temporaries) exceeds 80% of what :func:`available_memory_bytes`
-    reports, with the sizes in the message: the process's peak RSS ran about 25% above the
-    estimate in a 2048² run (the targets, the weights and the runtime live outside the step).
-    ``compiled`` is called like ``update``."""
+    (arguments, outputs and temporaries) exceeds 80% of ``available_bytes`` (default: what
+    :func:`available_memory_bytes` reports now), with the sizes in the message: the process's peak
+    RSS ran up to 25% above the estimate in 2048² runs (the targets, the weights and the runtime
+    live outside the step). ``compiled`` is called like ``update``."""
     t0 = time.perf_counter()
     compiled = compile_lowered(update.lower(state, targets, weights))
     seconds = time.perf_counter() - t0
@@ -356,7 +357,7 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
     if analysis is not None:
         need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                 - analysis.alias_size_in_bytes)
-        have = available_memory_bytes()
+        have = available_memory_bytes() if available_bytes is None else available_bytes
         if have is not None and need > 0.8 * have:  # peak RSS ran ~25% above the estimate at 2048²
             raise MemoryError(
                 f"a {config.width}x{config.height} {config.approach} step with {config.num_segments} segments needs "

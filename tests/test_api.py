@@ -132,6 +132,16 @@ def test_too_large_for_memory_is_refused_before_running(tiny_scene, random_weigh
     assert seen == []  # no step ran
 
 
+def test_the_memory_check_uses_what_was_available_when_the_call_started(tiny_scene, random_weights, monkeypatch):
+    from segstyle_jax import engine
+
+    readings = iter([1 << 40])  # plenty at the start; any later reading would raise StopIteration
+
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: next(readings))
+    r = run(tiny_scene, random_weights, approach="multipass", scales=(0.5, 1.0), compute_metrics=False)
+    assert r.stopped == "completed" and r.num_passes == 1  # batched at both scales, decided from one reading
+
+
 def test_multipass_split_into_passes_gives_the_batched_result(tiny_scene, random_weights):
     seen = []
     batched = run(tiny_scene, random_weights, approach="multipass", batch_passes=True, compute_metrics=False)
@@ -152,10 +162,10 @@ def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, ran
 
     compile_update = engine.compile_update
 
-    def small_memory(update, state, targets, weights, config):
+    def small_memory(update, state, targets, weights, config, available_bytes=None):
         if config.num_images > 1:
             raise MemoryError("pretend the batched step does not fit")
-        return compile_update(update, state, targets, weights, config)
+        return compile_update(update, state, targets, weights, config, available_bytes)
 
     monkeypatch.setattr(engine, "compile_update", small_memory)
     seen = []
@@ -190,3 +200,12 @@ def test_a_stop_from_the_callback_leaves_no_preparation_running(tiny_scene, rand
     # and the same scales without the stop run every scale's steps, prepared ahead
     r = run(tiny_scene, random_weights, scales=(0.5, 0.75, 1.0), steps=(2, 2, 3))
     assert len(r.losses) == 7 and r.image.shape == (33, 40, 3)
+
+
+def test_the_next_scale_need_is_guessed_from_its_pixel_count():
+    from segstyle_jax.config import StepConfig
+
+    small, large = (StepConfig(approach="blended", height=h, width=w, num_segments=2) for h, w in ((32, 40), (64, 80)))
+    assert api._need_with_next_scale(100, small, large) == 400   # 4x the pixels
+    assert api._need_with_next_scale(400, large, small) == 400   # this scale's own need is the larger
+    assert api._need_with_next_scale(100, small, None) == 100 and api._need_with_next_scale(None, small, large) is None
