@@ -23,12 +23,13 @@ while it sets up (:func:`keep_large_blocks`) and keeps them only for the steps, 
 :func:`before_step`, and only for steps that need at most a quarter of the available memory;
 larger steps (2048 px: tens of seconds each, where faulting the buffers in is a small part) run
 with large blocks mmapped as by default. Measured at 2048 px, blended, K = 2: peak RSS 15.8 GiB
-when setup kept its blocks, 9.2 when it did not, 9.7 with glibc's defaults.
+when setup kept its blocks, 9.1 now, 9.7 with glibc's defaults (``bench/bench_memory.py``).
 
 It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
-allocated yet, so call it first, before any JAX computation. The library never calls it on its own:
-the ``segstyle`` command does, and programs that call :func:`segstyle_jax.api.stylize` may. The
-cost: the process keeps its peak memory until it exits.
+allocated yet, so call it first, before any JAX computation. The library never calls it on its own
+(``stylize`` only switches ``M_MMAP_MAX``, as above, where it is in effect): the ``segstyle``
+command does, and programs that call :func:`segstyle_jax.api.stylize` may. The cost: the process
+keeps the peak of its heap until it exits.
 """
 
 from __future__ import annotations
