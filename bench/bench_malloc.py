@@ -4,8 +4,8 @@
     python bench/bench_malloc.py --configs 256:2 512:1 --steps 30 --rounds 3
 
 The setting changes glibc's malloc for the whole process, so it cannot be compared inside one
-process, and not next to PyTorch (``bench_step.py --keep-freed-memory`` shows what sharing the heap
-does): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
+process, and not next to PyTorch (``bench_step.py --malloc keep`` and ``--malloc glibc`` show the two
+frameworks sharing one heap): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
 fresh process that compiles the engine's step (``conv='auto'``), takes ``--warmup``
 untimed steps and then ``--steps`` timed ones. Reported: the median step of each run, the median
 over runs, the ratio kept / default, XLA's temp buffer size and the page faults per timed step
