@@ -43,47 +43,47 @@ def test_freed_memory_is_kept_only_when_asked(where):
     assert kept["default"][1] < 16     # glibc gave it back (it was mmapped)
 
 
-RELEASE = """
+PRELUDE = """
 import os
 from segstyle_jax import host_memory
 import numpy as np
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-assert not host_memory.release_freed_memory()  # nothing to do before keep_freed_memory
-if not host_memory.keep_freed_memory():
-    raise SystemExit("no mallopt")
-before = rss_mb()
-a = np.ones(64 << 20, np.uint8)
-del a
-kept = rss_mb() - before
-assert host_memory.release_freed_memory()
-print(kept, rss_mb() - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
-def test_release_freed_memory_gives_the_kept_memory_back():
-    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True)
-    if "no mallopt" in out.stderr:
-        pytest.skip("the C library has no mallopt (not glibc)")
-    assert out.returncode == 0, out.stderr
-    kept, after = map(float, out.stdout.split())
-    assert kept > 48 and after < 16
-
-
-BEFORE_STEP = """
-import os
-from segstyle_jax import host_memory
-import numpy as np
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-def kept_after_free():
+def kept_after_free():  # MB still mapped after a 64 MB block was freed
     before = rss_mb()
     a = np.ones(64 << 20, np.uint8)
     del a
     return rss_mb() - before
+"""
+
+
+def run_script(body: str) -> list[str]:
+    """Run PRELUDE + body in a fresh Python -> its printed words (skips where mallopt is missing)."""
+    out = subprocess.run([sys.executable, "-c", PRELUDE + body], capture_output=True, text=True)
+    if "no mallopt" in out.stderr:
+        pytest.skip("the C library has no mallopt (not glibc)")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_release_freed_memory_gives_the_kept_memory_back():
+    kept, after = map(float, run_script("""
+assert not host_memory.release_freed_memory()  # nothing to do before keep_freed_memory
+if not host_memory.keep_freed_memory():
+    raise SystemExit("no mallopt")
+before = rss_mb()
+kept = kept_after_free()
+assert host_memory.release_freed_memory()
+print(kept, rss_mb() - before)
+"""))
+    assert kept > 48 and after < 16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_before_step_keeps_blocks_only_for_steps_that_leave_room():
+    small, kept_small, large, kept_large, unknown = run_script("""
 assert host_memory.before_step(1, 100) is None  # keep_freed_memory not in effect: nothing changes
 if not host_memory.keep_freed_memory():
     raise SystemExit("no mallopt")
@@ -94,16 +94,7 @@ large = host_memory.before_step(8 * GiB, 16 * GiB)
 kept_large = kept_after_free()
 unknown = host_memory.before_step(None, 16 * GiB)
 print(small, kept_small, large, kept_large, unknown)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
-def test_before_step_keeps_blocks_only_for_steps_that_leave_room():
-    out = subprocess.run([sys.executable, "-c", BEFORE_STEP], capture_output=True, text=True)
-    if "no mallopt" in out.stderr:
-        pytest.skip("the C library has no mallopt (not glibc)")
-    assert out.returncode == 0, out.stderr
-    small, kept_small, large, kept_large, unknown = out.stdout.split()
+""")
     assert (small, large, unknown) == ("True", "False", "None")
     assert float(kept_small) > 48   # a small step's blocks stay on the heap
     assert float(kept_large) < 16   # a large step's are mmapped and unmapped when freed
