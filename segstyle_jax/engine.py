@@ -347,7 +347,7 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
     Raises ``MemoryError`` (before anything runs) when XLA's estimate of the step's memory
     (arguments, outputs and temporaries) exceeds 80% of ``available_bytes`` (default: what
     :func:`available_memory_bytes` reports now), with the sizes in the message: the process's peak
-    RSS ran up to 25% above the estimate in 2048² runs (the targets, the weights and the runtime
+    RSS ran 6-25% above the estimate in 2048² runs (the targets, the weights and the runtime
     live outside the step). ``compiled`` is called like ``update``."""
     t0 = time.perf_counter()
     compiled = compile_lowered(update.lower(state, targets, weights))
@@ -358,7 +358,7 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
         need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                 - analysis.alias_size_in_bytes)
         have = available_memory_bytes() if available_bytes is None else available_bytes
-        if have is not None and need > 0.8 * have:  # peak RSS ran ~25% above the estimate at 2048²
+        if have is not None and need > 0.8 * have:  # peak RSS ran 6-25% above the estimate at 2048²
             raise MemoryError(
                 f"a {config.width}x{config.height} {config.approach} step with {config.num_segments} segments needs "
                 f"about {need / 2**30:.1f} GiB, but only {have / 2**30:.1f} GiB is available; use a smaller size")

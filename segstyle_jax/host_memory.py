@@ -10,8 +10,9 @@ threshold. :func:`keep_freed_memory` closes all three with ``mallopt``: ``M_MMAP
 blocks come from the heap), ``M_ARENA_MAX = 1`` (every thread allocates from the main heap, which
 has no size limit) and ``M_TRIM_THRESHOLD = -1`` (never trim: freed memory stays for the next step;
 a 2 GiB threshold still let a 512 px multipass step with K = 2, whose heap top passes 2 GiB, fault
-its 1.2 GB temp buffer in again every time). Measured on that CPU (``bench/bench_malloc.py``, fresh
-processes): no page faults left in a step up to 512 px; README "Speed" has the step times.
+its 1.2 GB temp buffer in again every time). Measured (``bench/bench_malloc.py``, fresh processes,
+K = 2): page faults per step 16-33x fewer at 128-512 px; whether the step gets faster depends on
+the CPU (README "Speed" has the step times).
 
 What it keeps is whatever was freed, so memory that setup used once (XLA compiling a large step,
 the targets' forward passes) stays mapped next to the step's own buffers, which cannot always reuse
@@ -43,23 +44,24 @@ _M_ARENA_MAX = -8
 _NEVER = -1  # for M_TRIM_THRESHOLD: never trim (mallopt(3))
 
 _applied = False
+_libc = None  # the C library, loaded by keep_freed_memory once it has a mallopt
 
 
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; ``True`` if they are in effect (glibc only:
     elsewhere, e.g. macOS or musl, nothing changes and ``False`` is returned)."""
-    global _applied
+    global _applied, _libc
     if _applied:
         return True
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(option, value) for option, value in
                    ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _NEVER)))
+    _libc = libc if _applied else None
     return _applied
 
 
@@ -69,7 +71,7 @@ def release_freed_memory() -> bool:
     and return ``False``. Cheap: it walks the heap once (milliseconds for GBs)."""
     if not _applied:
         return False
-    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    _libc.malloc_trim(0)
     return True
 
 
@@ -84,9 +86,7 @@ def keep_large_blocks(keep: bool) -> bool:
     set (``False``: nothing changed)."""
     if not _applied:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(libc.mallopt(_M_MMAP_MAX, 0 if keep else _GLIBC_MMAP_MAX))
+    return bool(_libc.mallopt(_M_MMAP_MAX, 0 if keep else _GLIBC_MMAP_MAX))
 
 
 def before_step(need_bytes: int | None, available_bytes: int | None) -> bool | None:
