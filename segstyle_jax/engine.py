@@ -5,7 +5,9 @@ Data flow (shapes for ``K`` segments, image ``[h, w, 3]``, tap ``l`` of ``[h_l, 
     style images --style_grams--> per-segment targets A_k^l [K, c_l, c_l]   (once)
     content image --model--> content features P_l [h_l, w_l, c_l]           (once)
     make_update_fn(config, model, params=...) -> update(state, targets, weights) (jit, state donated,
-        the VGG parameters compiled in as constants)
+        the VGG parameters, their flipped kernels and Winograd transforms put on the device once
+        and passed as arguments, so the compiled program is small and XLA's persistent cache can
+        keep it)
         VGG forward once (K images for multipass), locality-weighted masks, layer masks for every
         segment (vmapped), the K masked Grams of each tap as one product, content, TV,
         value_and_grad w.r.t. the image
@@ -46,7 +48,7 @@ import optax
 
 from segstyle_jax import losses, masks as masks_lib
 from segstyle_jax.config import LossWeights, StepConfig
-from segstyle_jax.vgg import VGG
+from segstyle_jax.vgg import VGG, layer_names, prepared_variables
 
 
 @flax.struct.dataclass
@@ -183,13 +185,21 @@ def _content_term(config: StepConfig, feats: dict, targets: Targets):
     return sum(losses.content_loss(feats[t], targets.content[t]) for t in config.content_taps) / len(config.content_taps)
 
 
-def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targets, weights: LossWeights):
+def _vgg_variables(params, prepared) -> dict:
+    """``model.apply``'s variables: ``params``, and their prepared kernels when given
+    (:func:`segstyle_jax.vgg.prepared_variables`)."""
+    return {"params": params} if prepared is None else {"params": params, "prepared": prepared}
+
+
+def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targets, weights: LossWeights,
+                   prepared=None):
     """Loss of the one-image approaches (``blended``, ``locality``, ``localized``).
 
     ``image`` ``[h, w, 3]`` -> ``(total, terms)``; ``terms`` holds ``content``, ``style``, ``tv``
-    and ``per_segment`` ``[K]`` (unweighted ``sum_l lambda_l E_k^l``).
+    and ``per_segment`` ``[K]`` (unweighted ``sum_l lambda_l E_k^l``). ``prepared``: the flipped
+    and transformed kernels of ``params`` (:func:`segstyle_jax.vgg.prepared_variables`), or ``None``.
     """
-    feats = model.apply({"params": params}, image)
+    feats = model.apply(_vgg_variables(params, prepared), image)
     seg_masks = targets.masks
     if config.use_locality:
         seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
@@ -203,11 +213,12 @@ def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targe
     return total, terms
 
 
-def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targets, weights: LossWeights):
+def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targets, weights: LossWeights,
+                   prepared=None):
     """Loss of ``multipass``: ``images`` ``[K, h, w, 3]``, image ``k`` against segment ``k``'s style
     with the unmasked Gram. The K objectives are independent, so the gradient of their sum is each
     image's own gradient. Returns ``(total, terms)`` like :func:`one_image_loss`."""
-    feats = model.apply({"params": params}, images)  # one batched VGG pass over the K images
+    feats = model.apply(_vgg_variables(params, prepared), images)  # one batched VGG pass over the K images
     layer_weights = _layer_weight_dict(config, weights)
 
     def per_image(f, style_k):
@@ -236,6 +247,30 @@ def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
     return optax.lbfgs(memory_size=config.lbfgs_memory)
 
 
+class BoundStep:
+    """A jitted step (or its ``Lowered`` / ``Compiled`` form) with its last argument bound: calling
+    ``BoundStep(f, v)(*args)`` runs ``f(*args, v)``, ``.lower(*args)`` lowers ``f`` for ``(*args, v)``
+    and ``.compile()`` compiles that, each again bound to ``v``; everything else (``cost_analysis``,
+    ``memory_analysis``, ``as_text``, ...) is the wrapped object's."""
+
+    def __init__(self, target, bound):
+        self._target, self.bound = target, bound
+
+    def __call__(self, *args):
+        return self._target(*args, self.bound)
+
+    def lower(self, *args):
+        return BoundStep(self._target.lower(*args, self.bound), self.bound)
+
+    def compile(self, *args, **kwargs):
+        return BoundStep(self._target.compile(*args, **kwargs), self.bound)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_target", "bound"):
+            raise AttributeError(name)
+        return getattr(self._target, name)
+
+
 def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTransformation | None = None, *,
                    params):
     """Build ``(init, update)`` for ``config`` and the VGG parameters ``params``.
@@ -246,15 +281,20 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     the update), the loss terms, ``grad_norm`` and ``finite``; when the loss or the new image is not
     finite, the state keeps the old image, so the last good image is never lost.
 
-    ``params`` are compiled into the program as constants (host copies, taken once), not passed at
-    every step: the weights are fixed for a run, and as a traced argument XLA re-lays-out every
-    kernel for the backward convolutions at each step, a fixed ~38 ms on the 2-core benchmark CPU
-    (a 32 px step 69 -> 31 ms, 128 px 185 -> 165 ms, 256 px 632 -> 595 ms; the same loss to the
-    bit). Other weights mean a new ``make_update_fn``.
+    ``params`` (those of the layers up to the deepest tap) are put on the device once, with the
+    flipped kernels of the input gradient and, when ``model`` may use Winograd (``conv`` other than
+    ``'direct'``), the Winograd transforms (:func:`segstyle_jax.vgg.prepared_variables`), and passed
+    to the program as a bound last argument (:class:`BoundStep`), so the step derives nothing from
+    the kernels at run time. Compiled into the program as constants instead, they made it 80 MB of
+    StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent cache
+    (:mod:`segstyle_jax.compile_cache`); step times are in the README ("Speed").
     """
     if tuple(model.taps) != config.taps:
         raise ValueError(f"model taps {model.taps} differ from the config's {config.taps}")
-    params = jax.tree.map(np.asarray, params)
+    names = layer_names(model.arch)
+    run = names[: max(names.index(t) for t in model.taps) + 1]  # the layers the model computes
+    params = {name: jax.tree.map(lambda a: np.asarray(a, np.float32), p) for name, p in params.items() if name in run}
+    variables = jax.device_put({"params": params, "prepared": prepared_variables(params, model.conv != "direct")})
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 
@@ -269,9 +309,9 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def update(state: State, targets: Targets, weights: LossWeights):
+    def update(state: State, targets: Targets, weights: LossWeights, variables):
         def objective(x):
-            return loss(config, model, x, params, targets, weights)
+            return loss(config, model, x, variables["params"], targets, weights, variables["prepared"])
 
         (value, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
         if config.optimizer == "lbfgs":
@@ -289,7 +329,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
         info = {"loss": value, "grad_norm": jnp.sqrt(jnp.sum(grad * grad)), "finite": finite, **terms}
         return new_state, info
 
-    return init, update
+    return init, BoundStep(update, variables)
 
 
 def available_memory_bytes() -> int | None:

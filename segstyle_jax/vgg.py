@@ -27,6 +27,7 @@ from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from segstyle_jax import winograd
 
@@ -111,6 +112,8 @@ class Conv3x3(nn.Module):
     parameters (``kernel`` HWIO ``[3, 3, c_in, c_out]``, ``bias`` ``[c_out]``) and initializers.
 
     ``algorithm``: ``'direct'``, ``'auto'`` or ``'winograd'`` (:func:`segstyle_jax.winograd.conv3x3`).
+    When the variables hold a ``prepared`` collection (:func:`prepared_variables`), the layer takes
+    its flipped and transformed kernels from there instead of deriving them from ``kernel``.
     """
 
     features: int
@@ -122,7 +125,21 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         if kernel.dtype != x.dtype:  # a NumPy kernel (weights compiled in) would otherwise be copied
             kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
-        return winograd.conv3x3(x, kernel, self.algorithm) + bias
+        prepared = None
+        if self.has_variable("prepared", "kernel_flipped"):
+            prepared = {k: self.get_variable("prepared", k) for k in ("kernel_flipped", "u", "u_flipped")
+                        if self.has_variable("prepared", k)}
+        return winograd.conv3x3(x, kernel, self.algorithm, prepared) + bias
+
+
+def prepared_variables(params, winograd_kernels: bool = True) -> dict:
+    """The ``prepared`` variable collection for ``params``: every convolution mapped to its
+    :func:`segstyle_jax.winograd.prepared_kernels` (NumPy arrays, computed once; with the Winograd
+    transforms when ``winograd_kernels``). Applied as
+    ``model.apply({"params": params, "prepared": prepared_variables(params)}, x)``, the model computes
+    the same function without flipping or transforming a kernel."""
+    return {name: winograd.prepared_kernels(p["kernel"], winograd_kernels)
+            for name, p in params.items() if name.startswith("conv")}
 
 
 class VGG(nn.Module):

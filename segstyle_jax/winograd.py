@@ -103,13 +103,69 @@ def _winograd(x, u):
     return _output_transform(m, n, t, tu)[:, :h, :w]
 
 
+def prepared_kernels(w, winograd: bool = True) -> dict:
+    """What a step that takes a fixed kernel ``w`` ``[3, 3, c_in, c_out]`` as an argument needs,
+    computed once on the host (NumPy): ``kernel_flipped``, the input gradient's kernel
+    (``w[::-1, ::-1]`` with ``c_in`` and ``c_out`` swapped, HWIO ``[3, 3, c_out, c_in]``), and with
+    ``winograd`` the transforms ``u`` ``[16, c_in, c_out]`` and ``u_flipped`` ``[16, c_out, c_in]``
+    (:func:`kernel_transform` of both). Passed to :func:`conv3x3` as ``prepared``: the step then lays
+    out or transforms no kernel at run time (a traced kernel's flip for the direct backward cost a
+    fixed ~38 ms a step on the 2-core benchmark CPU, its Winograd transform 100-190 ms)."""
+    w = np.asarray(w, np.float32)
+    flipped = np.ascontiguousarray(_flipped_kernel(w))
+    out = {"kernel_flipped": flipped}
+    if winograd:
+        out.update(u=kernel_transform(w), u_flipped=kernel_transform(flipped))
+    return out
+
+
+@jax.custom_vjp
+def conv3x3_direct_prepared(x, w, w_flipped):
+    """:func:`conv3x3_direct` of ``x`` with ``w``, its input gradient by the direct convolution
+    with ``w_flipped`` (:func:`prepared_kernels`). Differentiable in ``x`` only: the kernels'
+    cotangents are zeros (nothing asks for them; XLA removes them)."""
+    return conv3x3_direct(x, w)
+
+
+def _direct_prepared_fwd(x, w, w_flipped):
+    return conv3x3_direct(x, w), (w, w_flipped)
+
+
+def _direct_prepared_bwd(residuals, g):
+    w, w_flipped = residuals
+    return conv3x3_direct(g, w_flipped), jnp.zeros_like(w), jnp.zeros_like(w_flipped)
+
+
+conv3x3_direct_prepared.defvjp(_direct_prepared_fwd, _direct_prepared_bwd)
+
+
+@jax.custom_vjp
+def conv3x3_prepared(x, u, u_flipped):
+    """:func:`conv3x3_winograd` of ``x`` with :func:`prepared_kernels` ``u``, ``u_flipped`` (arrays,
+    possibly traced). Differentiable in ``x`` only, like :func:`conv3x3_direct_prepared`."""
+    return _winograd(x, u)
+
+
+def _prepared_fwd(x, u, u_flipped):
+    return _winograd(x, u), (u, u_flipped)
+
+
+def _prepared_bwd(residuals, g):
+    u, u_flipped = residuals
+    return _winograd(g, u_flipped), jnp.zeros_like(u), jnp.zeros_like(u_flipped)
+
+
+conv3x3_prepared.defvjp(_prepared_fwd, _prepared_bwd)
+
+
 def conv3x3_winograd(x, w):
     """``[n, h, w, c_in] x [3, 3, c_in, c_out] -> [n, h, w, c_out]`` by ``F(2x2, 3x3)``; equals
     :func:`conv3x3_direct` up to float rounding. Differentiable in ``x`` (by Winograd) and ``w``.
 
-    A kernel known when tracing (NumPy, or a concrete jax array: the engine compiles the weights
-    into the step) is transformed once on the host with NumPy, so the compiled step holds the
-    transformed constants and computes nothing from the kernel.
+    A kernel known when tracing (NumPy, or a concrete jax array) is transformed once on the host with
+    NumPy, so a program that closes over it holds the transformed constants; a traced kernel is
+    transformed inside the program, at every call. The engine's step does neither: it passes
+    :func:`prepared_kernels` as arguments (:func:`conv3x3` with ``prepared``).
     """
     if isinstance(w, jax.core.Tracer):
         return _conv_traced_kernel(x, w)
@@ -176,11 +232,20 @@ def worth_compiling(steps: int, height: int, width: int, platform: str) -> bool:
     return platform == "cpu" and steps * height * width >= MIN_STEP_PIXELS
 
 
-def conv3x3(x, w, algorithm: str = "auto"):
+def conv3x3(x, w, algorithm: str = "auto", prepared: dict | None = None):
     """The VGG convolution of ``x`` ``[n, h, w, c_in]`` with ``w`` ``[3, 3, c_in, c_out]`` by
-    ``algorithm``: ``'direct'``, ``'winograd'`` or ``'auto'`` (:func:`prefer_winograd`)."""
+    ``algorithm``: ``'direct'``, ``'winograd'`` or ``'auto'`` (:func:`prefer_winograd`).
+    ``prepared``: ``w``'s :func:`prepared_kernels` (``u`` and ``u_flipped`` needed only where the
+    layer runs by Winograd)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"convolution algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm == "auto":
         algorithm = "winograd" if prefer_winograd(x.shape[1], x.shape[2], x.shape[3], jax.default_backend()) else "direct"
-    return conv3x3_winograd(x, w) if algorithm == "winograd" else conv3x3_direct(x, w)
+    prepared = prepared or {}
+    if algorithm == "winograd":
+        if "u" in prepared:
+            return conv3x3_prepared(x, prepared["u"].astype(x.dtype), prepared["u_flipped"].astype(x.dtype))
+        return conv3x3_winograd(x, w)
+    if "kernel_flipped" in prepared:
+        return conv3x3_direct_prepared(x, w, prepared["kernel_flipped"].astype(x.dtype))
+    return conv3x3_direct(x, w)

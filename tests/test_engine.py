@@ -189,3 +189,25 @@ def test_targets_spec_has_the_shapes_of_the_targets(random_weights, approach):
     compiled, _, _ = engine.compile_update(update, init(start), spec, LossWeights.create(config), config)
     _, info = compiled(init(start), targets, LossWeights.create(config))  # compiled from shapes, run on values
     assert np.isfinite(float(info["loss"]))
+
+
+@pytest.mark.parametrize("conv", ["direct", "auto"])
+def test_step_takes_the_weights_as_arguments(random_weights, conv):
+    """The VGG weights (and their Winograd transforms) are arguments of the compiled step, put on the
+    device once: the program holds no copy of them, and computes the loss of the plain function."""
+    config, _, targets, start, _, _ = setup(random_weights, "locality")
+    model = random_weights.model(config.taps, conv=conv)
+    weights = LossWeights.create(config)
+    init, update = engine.make_update_fn(config, model, params=random_weights.params)
+    assert isinstance(update, engine.BoundStep)
+    assert ("u" in update.bound["prepared"]["conv2_1"]) == (conv != "direct")  # Winograd transforms only if used
+    assert sorted(update.bound["params"]) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]  # to relu3_1
+    used_bytes = sum(np.asarray(a).nbytes for a in jax.tree.leaves(update.bound["params"]))  # 2.2 MB
+    lowered = update.lower(init(start), targets, weights)
+    assert len(lowered.as_text()) < used_bytes / 2  # as constants, the text would hold them in hex
+    compiled = lowered.compile()
+    assert compiled.memory_analysis().argument_size_in_bytes > used_bytes
+    _, info = compiled(init(start), targets, weights)
+    want, _ = engine.one_image_loss(config, random_weights.model(config.taps), jnp.asarray(start),
+                                    random_weights.params, targets, weights)
+    assert abs(float(info["loss"]) - float(want)) <= 1e-5 * abs(float(want))

@@ -1,6 +1,7 @@
 """Winograd F(2x2, 3x3) against a NumPy convolution and XLA's own, values and gradients."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,3 +102,55 @@ def test_vgg_features_and_gradient_agree_across_algorithms():
         assert rel_err(out[conv][1], out["direct"][1]) < 1e-5, conv
     with pytest.raises(ValueError, match="conv"):
         vgg.VGG("vgg16", taps=("relu1_1",), conv="fft").init(jax.random.key(0), x)
+
+
+def test_prepared_kernels_give_the_same_convolution_and_input_gradient():
+    x, w = random_case((2, 9, 8, 16), 6, seed=4)
+    g = np.random.default_rng(5).standard_normal((2, 9, 8, 6)).astype(np.float32)
+    prepared = winograd.prepared_kernels(w)
+    assert prepared["u"].shape == (16, 16, 6) and prepared["u_flipped"].shape == (16, 6, 16)
+    assert np.array_equal(prepared["kernel_flipped"], w[::-1, ::-1].transpose(0, 1, 3, 2))
+    dx_ref = jax.vjp(winograd.conv3x3_direct, x, w)[1](g)[0]
+    # the kernels traced, as the step passes them: values and the input gradient
+    y, dx = jax.jit(lambda x, u, uf: (winograd.conv3x3_prepared(x, u, uf),
+                                      jax.vjp(lambda x: winograd.conv3x3_prepared(x, u, uf), x)[1](g)[0]))(
+        x, prepared["u"], prepared["u_flipped"])
+    assert rel_err(y, numpy_conv3x3(x, w)) < 2e-6 and rel_err(dx, dx_ref) < 2e-6
+    assert rel_err(winograd.conv3x3(x, w, "winograd", prepared), numpy_conv3x3(x, w)) < 2e-6
+    # the direct convolution with the prepared flipped kernel: the same values, the same input gradient
+    direct = jax.jit(lambda x, w, wf: (winograd.conv3x3_direct_prepared(x, w, wf),
+                                       jax.vjp(lambda x: winograd.conv3x3_direct_prepared(x, w, wf), x)[1](g)[0]))
+    yd, dxd = direct(x, w, prepared["kernel_flipped"])
+    assert np.array_equal(yd, winograd.conv3x3_direct(x, w)) and rel_err(dxd, dx_ref) < 2e-6
+
+
+def test_vgg_with_prepared_kernels_computes_the_same_and_transforms_nothing():
+    model = vgg.VGG("vgg16", taps=("relu1_2", "relu2_1"), conv="winograd")
+    x = jnp.asarray(np.random.default_rng(6).uniform(0, 1, (1, 12, 16, 3)), jnp.float32)
+    params = jax.tree.map(np.asarray, model.init(jax.random.key(1), x)["params"])
+    kernels = vgg.prepared_variables(params)
+    assert sorted(kernels) == sorted(params) == ["conv1_1", "conv1_2", "conv2_1"]
+    assert all("u" in k and "u_flipped" in k and "kernel_flipped" in k for k in kernels.values())
+    assert "u" not in vgg.prepared_variables(params, winograd_kernels=False)["conv2_1"]
+    with_kernels = {"params": params, "prepared": kernels}
+    a = jax.jit(model.apply)({"params": params}, x)
+    b = jax.jit(model.apply)(with_kernels, x)
+    for tap in model.taps:
+        assert rel_err(b[tap], a[tap]) < 1e-6, tap
+
+    def count_dots(jaxpr):  # through custom_vjp calls and other nested programs
+        n = 0
+        for e in jaxpr.eqns:
+            n += e.primitive.name == "dot_general"
+            for v in e.params.values():
+                inner = getattr(v, "jaxpr", v)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    n += count_dots(inner)
+        return n
+
+    def matmuls(variables):  # the products in the traced forward pass
+        return count_dots(jax.make_jaxpr(model.apply)(variables, x).jaxpr)
+
+    winograd_layers = 3  # conv1_1 .. conv2_1 (conv='winograd' runs the RGB layer so too); the rest is past relu2_1
+    assert matmuls(with_kernels) == winograd_layers          # the 16 tile products of each layer, nothing else
+    assert matmuls({"params": params}) == 3 * winograd_layers  # plus the kernel transform's two products
