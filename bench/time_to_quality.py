@@ -42,7 +42,11 @@ A candidate's time is the wall time from the start of its first stage to the cal
 full-size step whose loss first reaches the target: coarse stages, target building and every
 compilation included (``jax.clear_caches()`` before each candidate, the reference included, so
 no run reuses another's compiled programs). ``plain`` is the reference itself: the time at
-which its trace first reached the target.
+which its trace first reached the target. That is a first run at these sizes; a ``segstyle`` user
+who has run them before loads the compiled steps from the persistent cache
+(:mod:`segstyle_jax.compile_cache`): ``--compile-cache DIR`` runs the bench with it, and a second
+invocation with the same ``DIR`` measures every candidate warm (within the first, later candidates
+already load the programs earlier ones stored).
 
 **Fairness.** Only full-size losses are compared, and only the loss the full-size step itself
 reports (the loss of the image before that step's update): losses at other sizes are different
@@ -88,7 +92,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.bench_step import _cpu_seconds, _machine_cpu_seconds, environment, machine_busy_pct  # noqa: E402
-from segstyle_jax import api, demo_data, host_memory, images as images_lib  # noqa: E402
+from segstyle_jax import api, compile_cache, demo_data, host_memory, images as images_lib  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
 TOLERANCE = 1.05  # target = TOLERANCE x the reference's last loss
@@ -395,6 +399,9 @@ def main(argv=None):
                         "since the ratios then compare runs made under different machine load")
     p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--save-dir", type=Path, help="write each run's image where it stopped (PNG) into this folder")
+    p.add_argument("--compile-cache", type=Path, metavar="DIR",
+                   help="use and fill XLA's persistent compile cache in DIR (default: none, every program compiled); "
+                        "run twice with the same DIR for warm figures")
     args = p.parse_args(argv)
     size = args.size or (96 if args.quick else 256)
     ref_steps = args.ref_steps or (120 if args.quick else 500)
@@ -414,8 +421,12 @@ def main(argv=None):
     save = (lambda name: args.save_dir / f"{name}.png") if args.save_dir else (lambda name: None)
 
     host_memory.keep_freed_memory()  # as the segstyle command runs
+    if args.compile_cache:
+        compile_cache.enable(args.compile_cache)
     t_start = time.perf_counter()
     env = environment()  # records malloc_keeps_freed_memory
+    env["compile_cache"] = str(args.compile_cache) if args.compile_cache else None
+    env["compile_cache_entries_at_start"] = len(list(args.compile_cache.glob("*-cache"))) if args.compile_cache else 0
     env["cpu_busy_at_start_pct"] = busy = machine_busy_pct()
     env["loadavg_at_start"] = os.getloadavg()
     if busy > 10:
@@ -490,6 +501,8 @@ def main(argv=None):
           f"{ref_row['steps_to_target']} of {ref_steps}, {plain['ttt']:.1f} s to target, {plain['wall']:.1f} s for "
           f"all steps (its step's XLA compile: {first:.1f} s)"
           + (f" [reference reused from {args.reference}]" if args.reference else "")
+          + (f" | compile cache {args.compile_cache} ({env['compile_cache_entries_at_start']} entries at start; "
+             f"{compile_cache.summary().split(': ', 1)[1]})" if args.compile_cache else " | no compile cache")
           + f" | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows, plain))
     return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segstyle_jax import __version__, host_memory, winograd
+from segstyle_jax import __version__, compile_cache, host_memory, winograd
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
 
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--conv", choices=winograd.ALGORITHMS, default="auto",
                        help="convolution algorithm of the step (the same result up to float rounding): auto "
                             "(default: Winograd on CPU where it was faster), direct (XLA's) or winograd")
+    _add_compile_cache(model)
     p.set_defaults(func=cmd_stylize)
 
     p = sub.add_parser("demo", help="the offline demo: astronaut photo, person and background in two styles",
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160, help="longest side in pixels (default 160: about 2.5 min on 2 CPU cores)")
     p.add_argument("--steps", type=int, default=100, help="Adam steps per approach (default 100)")
     p.add_argument("--approach", choices=APPROACHES, default="locality", help="the approach for result.png")
+    _add_compile_cache(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment a photo automatically and write the label map",
@@ -461,12 +463,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_compile_cache(group) -> None:
+    group.add_argument("--compile-cache", metavar="DIR|off", default=None,
+                       help="keep compiled steps here, so a later run at the same size and settings starts without "
+                            f"compiling (default: ${compile_cache.ENV_VAR}, else ~/.cache/segstyle_jax/xla); "
+                            "off: compile every time")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("stylize", "demo"):
-        host_memory.keep_freed_memory()  # this process is ours: keep the step's buffers between steps
     try:
-        return args.func(args)
+        if args.command in ("stylize", "demo"):
+            host_memory.keep_freed_memory()  # this process is ours: keep the step's buffers between steps
+            cache = compile_cache.resolve(args.compile_cache)
+            if cache is not None:
+                compile_cache.enable(cache)  # before anything compiles
+        status = args.func(args)
+        if args.command in ("stylize", "demo") and compile_cache.enabled_dir() is not None:
+            print(compile_cache.summary(), file=sys.stderr)
+        return status
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the CLI keeps compiled programs in ~/.cache unless told not to: tests that run it in this process
+# must neither write there nor turn JAX's persistent cache on for the tests after them
+os.environ["SEGSTYLE_JAX_COMPILE_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as torch_vgg.py
 
 

@@ -1,0 +1,80 @@
+"""The persistent compile cache: where it lives, how it is turned off, and that a second run loads
+the compiled step instead of compiling it, with the same result."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segstyle_jax import compile_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.default_dir() == tmp_path / "segstyle_jax" / "xla"
+    monkeypatch.setenv(compile_cache.ENV_VAR, str(tmp_path / "mine"))
+    assert compile_cache.default_dir() == tmp_path / "mine"
+    for off in ("off", "OFF", "0", ""):
+        monkeypatch.setenv(compile_cache.ENV_VAR, off)
+        assert compile_cache.default_dir() is None
+    assert compile_cache.resolve(None) is None  # not given: the (off) default
+    assert compile_cache.resolve("off") is None
+    assert compile_cache.resolve(str(tmp_path / "x")) == tmp_path / "x"
+
+
+def test_enable_refuses_a_file_and_an_off_default(monkeypatch, tmp_path):
+    (tmp_path / "f").write_text("not a directory")
+    with pytest.raises(ValueError, match="not a directory"):
+        compile_cache.enable(tmp_path / "f")
+    monkeypatch.setenv(compile_cache.ENV_VAR, "off")
+    with pytest.raises(ValueError, match="is off"):
+        compile_cache.enable()
+
+
+def _run_cli(args, env):
+    # the tiny test step compiles in about a second: store whatever compiles, so the test sees entries
+    code = ("import sys; from segstyle_jax import cli, compile_cache; compile_cache.MIN_COMPILE_SECONDS = 0; "
+            f"sys.exit(cli.main({args!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights_file):
+    Image.fromarray((tiny_scene["content"] * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray(tiny_scene["labels"].astype(np.uint8)).save(tmp_path / "mask.png")
+    for label, style in tiny_scene["styles"].items():
+        Image.fromarray((style * 255).astype(np.uint8)).save(tmp_path / f"style{label}.png")
+    cache = tmp_path / "cache"
+
+    def args(out, where):
+        return ["stylize", str(tmp_path / "photo.png"), "--segments", str(tmp_path / "mask.png"),
+                "--style", f"0={tmp_path / 'style0.png'}", "--style", f"1={tmp_path / 'style1.png'}",
+                "--weights", str(random_weights_file), "--size", "32", "--steps", "3", "--conv", "winograd",
+                "--style-layers", "relu1_1", "relu2_1", "--content-layers", "relu2_2", "--output", str(out),
+                "--compile-cache", where]
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first = _run_cli(args(tmp_path / "a.png", str(cache)), env)
+    assert first.returncode == 0, first.stderr
+    assert f"compile cache {cache}: 0 programs loaded" in first.stderr
+    entries = sorted(p.name for p in cache.iterdir())
+    assert any(name.startswith("jit_update") for name in entries), entries
+    # the step takes the VGG weights as arguments: its entry holds code, not the weights
+    weights_bytes = os.path.getsize(random_weights_file)
+    assert all(p.stat().st_size < weights_bytes / 4 for p in cache.iterdir())
+
+    second = _run_cli(args(tmp_path / "b.png", str(cache)), env)
+    assert second.returncode == 0, second.stderr
+    assert "0 compiled and stored" in second.stderr and "0 programs loaded" not in second.stderr
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+
+    off = _run_cli(args(tmp_path / "c.png", "off"), env)
+    assert off.returncode == 0, off.stderr
+    assert "compile cache" not in off.stderr
