@@ -37,17 +37,19 @@ POLICIES = {"nothing": jax.checkpoint_policies.nothing_saveable,
 
 
 class CheckpointedVGG:
-    """What the engine needs of :class:`segstyle_jax.vgg.VGG` (``taps``, ``clone``, ``apply``), with
-    every block (its convolutions, ReLUs and pooling) under ``jax.checkpoint`` when ``policy`` is set."""
+    """What the engine needs of :class:`segstyle_jax.vgg.VGG` (``arch``, ``taps``, ``conv``, ``clone``,
+    ``apply`` with the ``prepared`` kernels), with every block (its convolutions, ReLUs and pooling)
+    under ``jax.checkpoint`` when ``policy`` is set."""
 
     def __init__(self, model: vgg.VGG, policy=None):
-        self.model, self.policy, self.taps = model, policy, model.taps
+        self.model, self.policy = model, policy
+        self.arch, self.taps, self.conv = model.arch, model.taps, model.conv
 
     def clone(self, **changes):
         return CheckpointedVGG(self.model.clone(**changes), self.policy)
 
     def apply(self, variables, x):
-        m, params = self.model, variables["params"]
+        m, params, prepared = self.model, variables["params"], variables.get("prepared", {})
         names = vgg.layer_names(m.arch)
         names = names[: max(names.index(t) for t in m.taps) + 1]
         unbatched = x.ndim == 3
@@ -61,7 +63,7 @@ class CheckpointedVGG:
                 taps = {}
                 for name in layers:
                     if name.startswith("conv"):
-                        x = winograd.conv3x3(x, params[name]["kernel"], m.conv) + params[name]["bias"]
+                        x = winograd.conv3x3(x, params[name]["kernel"], m.conv, prepared.get(name)) + params[name]["bias"]
                     elif name.startswith("relu"):
                         x = jax.nn.relu(x)
                     else:

@@ -477,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             host_memory.keep_freed_memory()  # this process is ours: keep the step's buffers between steps
             cache = compile_cache.resolve(args.compile_cache)
             if cache is not None:
-                compile_cache.enable(cache)  # before anything compiles
+                try:
+                    compile_cache.enable(cache)  # before anything compiles
+                except OSError as e:  # a cache that cannot be made never stops a run
+                    print(f"warning: compiling without a cache: {e}", file=sys.stderr)
         status = args.func(args)
         if args.command in ("stylize", "demo") and compile_cache.enabled_dir() is not None:
             print(compile_cache.summary(), file=sys.stderr)

@@ -7,7 +7,8 @@ programs on disk (``jax_compilation_cache_dir``); :func:`enable` points it at
 shapes (:class:`segstyle_jax.config.StepConfig`: approach, size, segments, taps, optimizer, and the
 convolution algorithm) and on the jax/jaxlib version, device and compile options; photos, styles,
 masks, loss weights and the VGG weights are arguments of the step
-(:func:`segstyle_jax.engine.make_update_fn`), so another photo at the same size hits the cache.
+(:func:`segstyle_jax.engine.make_update_fn`), so another photo of the same height and width
+(after resizing to ``--size``) hits the cache.
 An entry is about 0.2 MB. A hit still traces and lowers the step (about 1.5 s at 256 px).
 
 The ``segstyle`` command enables it (``--compile-cache DIR`` or ``off``; the environment variable

@@ -45,19 +45,38 @@ def _run_cli(args, env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights_file):
-    Image.fromarray((tiny_scene["content"] * 255).astype(np.uint8)).save(tmp_path / "photo.png")
-    Image.fromarray(tiny_scene["labels"].astype(np.uint8)).save(tmp_path / "mask.png")
+def _write_inputs(d, tiny_scene):
+    Image.fromarray((tiny_scene["content"] * 255).astype(np.uint8)).save(d / "photo.png")
+    Image.fromarray(tiny_scene["labels"].astype(np.uint8)).save(d / "mask.png")
     for label, style in tiny_scene["styles"].items():
-        Image.fromarray((style * 255).astype(np.uint8)).save(tmp_path / f"style{label}.png")
+        Image.fromarray((style * 255).astype(np.uint8)).save(d / f"style{label}.png")
+
+
+def _stylize_args(d, weights_file, out, cache):
+    return ["stylize", str(d / "photo.png"), "--segments", str(d / "mask.png"),
+            "--style", f"0={d / 'style0.png'}", "--style", f"1={d / 'style1.png'}",
+            "--weights", str(weights_file), "--size", "32", "--steps", "3", "--conv", "winograd",
+            "--style-layers", "relu1_1", "relu2_1", "--content-layers", "relu2_2", "--output", str(out),
+            "--compile-cache", cache]
+
+
+def test_a_cache_that_cannot_be_made_is_a_warning(tmp_path, tiny_scene, random_weights_file, capsys):
+    from segstyle_jax.cli import main
+
+    _write_inputs(tmp_path, tiny_scene)
+    (tmp_path / "file").write_text("in the way")
+    out = tmp_path / "out.png"
+    assert main(_stylize_args(tmp_path, random_weights_file, out, str(tmp_path / "file" / "cache"))) == 0
+    assert "warning: compiling without a cache" in capsys.readouterr().err
+    assert out.is_file() and compile_cache.enabled_dir() is None
+
+
+def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights_file):
+    _write_inputs(tmp_path, tiny_scene)
     cache = tmp_path / "cache"
 
     def args(out, where):
-        return ["stylize", str(tmp_path / "photo.png"), "--segments", str(tmp_path / "mask.png"),
-                "--style", f"0={tmp_path / 'style0.png'}", "--style", f"1={tmp_path / 'style1.png'}",
-                "--weights", str(random_weights_file), "--size", "32", "--steps", "3", "--conv", "winograd",
-                "--style-layers", "relu1_1", "relu2_1", "--content-layers", "relu2_2", "--output", str(out),
-                "--compile-cache", where]
+        return _stylize_args(tmp_path, random_weights_file, out, where)
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     first = _run_cli(args(tmp_path / "a.png", str(cache)), env)
