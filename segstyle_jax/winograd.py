@@ -108,9 +108,10 @@ def prepared_kernels(w, winograd: bool = True) -> dict:
     computed once on the host (NumPy): ``kernel_flipped``, the input gradient's kernel
     (``w[::-1, ::-1]`` with ``c_in`` and ``c_out`` swapped, HWIO ``[3, 3, c_out, c_in]``), and with
     ``winograd`` the transforms ``u`` ``[16, c_in, c_out]`` and ``u_flipped`` ``[16, c_out, c_in]``
-    (:func:`kernel_transform` of both). Passed to :func:`conv3x3` as ``prepared``: the step then lays
-    out or transforms no kernel at run time (a traced kernel's flip for the direct backward cost a
-    fixed ~38 ms a step on the 2-core benchmark CPU, its Winograd transform 100-190 ms)."""
+    (:func:`kernel_transform` of both). Passed to :func:`conv3x3` as ``prepared``, they spare the step
+    deriving them from a traced kernel at every call: that cost a fixed ~38 ms a step for the direct
+    backward's flipped kernel on the 2-core benchmark CPU, and 100-190 ms for the Winograd transforms
+    (README "Speed")."""
     w = np.asarray(w, np.float32)
     flipped = np.ascontiguousarray(_flipped_kernel(w))
     out = {"kernel_flipped": flipped}
