@@ -120,43 +120,31 @@ def prepared_kernels(w, winograd: bool = True) -> dict:
     return out
 
 
-@jax.custom_vjp
-def conv3x3_direct_prepared(x, w, w_flipped):
-    """:func:`conv3x3_direct` of ``x`` with ``w``, its input gradient by the direct convolution
-    with ``w_flipped`` (:func:`prepared_kernels`). Differentiable in ``x`` only: the kernels'
-    cotangents are zeros (nothing asks for them; XLA removes them)."""
-    return conv3x3_direct(x, w)
+def _with_prepared_kernels(conv):
+    """``conv(x, k)`` as ``f(x, k, k_flipped)``, differentiable in ``x`` only: its input gradient is
+    ``conv(g, k_flipped)`` (for these convolutions the correlation with the flipped kernel), and the
+    kernels' cotangents are zeros (nothing asks for them; XLA removes them)."""
+
+    @jax.custom_vjp
+    def f(x, k, k_flipped):
+        return conv(x, k)
+
+    def fwd(x, k, k_flipped):
+        return conv(x, k), (k, k_flipped)
+
+    def bwd(residuals, g):
+        k, k_flipped = residuals
+        return conv(g, k_flipped), jnp.zeros_like(k), jnp.zeros_like(k_flipped)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
-def _direct_prepared_fwd(x, w, w_flipped):
-    return conv3x3_direct(x, w), (w, w_flipped)
-
-
-def _direct_prepared_bwd(residuals, g):
-    w, w_flipped = residuals
-    return conv3x3_direct(g, w_flipped), jnp.zeros_like(w), jnp.zeros_like(w_flipped)
-
-
-conv3x3_direct_prepared.defvjp(_direct_prepared_fwd, _direct_prepared_bwd)
-
-
-@jax.custom_vjp
-def conv3x3_prepared(x, u, u_flipped):
-    """:func:`conv3x3_winograd` of ``x`` with :func:`prepared_kernels` ``u``, ``u_flipped`` (arrays,
-    possibly traced). Differentiable in ``x`` only, like :func:`conv3x3_direct_prepared`."""
-    return _winograd(x, u)
-
-
-def _prepared_fwd(x, u, u_flipped):
-    return _winograd(x, u), (u, u_flipped)
-
-
-def _prepared_bwd(residuals, g):
-    u, u_flipped = residuals
-    return _winograd(g, u_flipped), jnp.zeros_like(u), jnp.zeros_like(u_flipped)
-
-
-conv3x3_prepared.defvjp(_prepared_fwd, _prepared_bwd)
+# conv3x3_direct_prepared(x, w, kernel_flipped): the direct convolution, its backward with the
+# prepared flipped kernel. conv3x3_prepared(x, u, u_flipped): conv3x3_winograd with the prepared
+# transforms (arrays, possibly traced). Both take prepared_kernels' arrays; see _with_prepared_kernels.
+conv3x3_direct_prepared = _with_prepared_kernels(conv3x3_direct)
+conv3x3_prepared = _with_prepared_kernels(_winograd)
 
 
 def conv3x3_winograd(x, w):
