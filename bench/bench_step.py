@@ -451,7 +451,7 @@ def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, 
     row["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     if args.breakdown:
-        # host weights, closed over as constants (the engine's step takes them as arguments: the same step time)
+        # host weights, closed over as constants (the engine's step takes them as arguments; README "Speed")
         row["breakdown"] = breakdown(cfg, weights.model(cfg.taps, conv=conv), weights.params, tg, lw, ref, x0,
                                      args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()

@@ -472,8 +472,9 @@ def _add_compile_cache(group) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runs_steps = args.command in ("stylize", "demo")
     try:
-        if args.command in ("stylize", "demo"):
+        if runs_steps:
             host_memory.keep_freed_memory()  # this process is ours: keep the step's buffers between steps
             cache = compile_cache.resolve(args.compile_cache)
             if cache is not None:
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 except OSError as e:  # a cache that cannot be made never stops a run
                     print(f"warning: compiling without a cache: {e}", file=sys.stderr)
         status = args.func(args)
-        if args.command in ("stylize", "demo") and compile_cache.enabled_dir() is not None:
+        if runs_steps and compile_cache.enabled_dir() is not None:
             print(compile_cache.summary(), file=sys.stderr)
         return status
     except USER_ERRORS as e:

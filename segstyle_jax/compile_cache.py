@@ -1,6 +1,6 @@
 """XLA's persistent compilation cache, so that a run at a size seen before does not compile again.
 
-Every ``segstyle`` run is a fresh process, and compiling one scale's update step takes 5-14 s of
+Every ``segstyle`` run is a fresh process, and compiling one scale's update step takes 3-14 s of
 XLA on the 2-core benchmark CPU (README "Speed") before the first step. JAX can keep compiled
 programs on disk (``jax_compilation_cache_dir``); :func:`enable` points it at
 :func:`default_dir`. A step is keyed by its program, which depends only on what fixes compiled

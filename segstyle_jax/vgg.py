@@ -123,7 +123,7 @@ class Conv3x3(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        if kernel.dtype != x.dtype:  # a NumPy kernel (weights compiled in) would otherwise be copied
+        if kernel.dtype != x.dtype:  # unconditionally, a NumPy kernel closed over as a constant would be copied
             kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
         prepared = None
         if self.has_variable("prepared", "kernel_flipped"):

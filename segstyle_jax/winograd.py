@@ -158,19 +158,8 @@ def conv3x3_winograd(x, w):
     """
     if isinstance(w, jax.core.Tracer):
         return _conv_traced_kernel(x, w)
-    w = np.asarray(w)
-    return _conv_fixed_kernel(kernel_transform(w), kernel_transform(_flipped_kernel(w)))(x)
-
-
-def _conv_fixed_kernel(u, u_flipped):
-    """The convolution with transformed kernels ``u`` and ``u_flipped`` (of the input gradient)."""
-
-    @jax.custom_vjp
-    def conv(x):
-        return _winograd(x, u)
-
-    conv.defvjp(lambda x: (conv(x), None), lambda _, g: (_winograd(g, u_flipped),))
-    return conv
+    kernels = prepared_kernels(w)
+    return conv3x3_prepared(x, kernels["u"], kernels["u_flipped"])
 
 
 @jax.custom_vjp
