@@ -94,6 +94,12 @@ def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights
     assert sorted(p.name for p in cache.iterdir()) == entries
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
 
-    off = _run_cli(args(tmp_path / "c.png", "off"), env)
-    assert off.returncode == 0, off.stderr
-    assert "compile cache" not in off.stderr
+
+def test_off_runs_without_a_cache(tmp_path, tiny_scene, random_weights_file, capsys):
+    from segstyle_jax.cli import main
+
+    _write_inputs(tmp_path, tiny_scene)
+    out = tmp_path / "out.png"
+    assert main(_stylize_args(tmp_path, random_weights_file, out, "off")) == 0
+    assert "compile cache" not in capsys.readouterr().err
+    assert out.is_file() and compile_cache.enabled_dir() is None

@@ -485,9 +485,9 @@ def test_segments_style_loss_equals_vmap_of_segment_style_loss_with_gradients():
     def vmapped(f):
         return jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(f, masks_, targets, weights)
 
-    np.testing.assert_allclose(batched(feats), vmapped(feats), rtol=1e-5)
-    gb = jax.grad(lambda f: jnp.sum(batched(f) * jnp.arange(1.0, k + 1)))(feats)
-    gv = jax.grad(lambda f: jnp.sum(vmapped(f) * jnp.arange(1.0, k + 1)))(feats)
+    np.testing.assert_allclose(jax.jit(batched)(feats), jax.jit(vmapped)(feats), rtol=1e-5)
+    gb = jax.jit(jax.grad(lambda f: jnp.sum(batched(f) * jnp.arange(1.0, k + 1))))(feats)
+    gv = jax.jit(jax.grad(lambda f: jnp.sum(vmapped(f) * jnp.arange(1.0, k + 1))))(feats)
     for t in taps:
         np.testing.assert_allclose(gb[t], gv[t], rtol=1e-4, atol=1e-6)
         assert np.all(np.isfinite(np.asarray(gb[t])))
