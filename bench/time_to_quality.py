@@ -26,10 +26,11 @@ reference run at 128 px on a busy machine ended at 8258 where runs on an idle on
 bitwise reproducible under contention, and 500 Adam steps amplify that), which moved the plain
 schedule's own step to target from 473 to 451. Runs on an idle machine repeat to the last digit.
 
-**Candidates.** Each is a list of stages ``OPT[LR]@SCALE[:STEPS]`` (``adam@0.5:100`` = 100 Adam
+**Candidates.** Each is a list of stages ``OPT[LR][/MEMORY]@SCALE[:STEPS]`` (``adam@0.5:100`` = 100 Adam
 steps at half size, ``adam0.05@1`` = Adam with learning rate 0.05 at full size, ``lbfgs@1`` =
 optax's L-BFGS with its zoom line search at full size, ``lbfgs-fixed@1`` = L-BFGS with the unit
-step, no line search). A schedule whose stages share one optimizer and learning rate is one
+step, no line search; ``lbfgs-fixed/20@1`` the same with 20 correction pairs instead of 10). A
+schedule whose stages share one optimizer, learning rate and memory is one
 :func:`stylize` call with ``scales=`` and ``steps=`` per scale, as the ``segstyle`` command runs
 ``--scales 0.25 0.5 1 --steps 50 100 N`` (it prepares each scale while the one before runs). Any
 other schedule makes one call per stage, at ``size * SCALE``, starting from the previous stage's
@@ -67,7 +68,7 @@ loss where it stopped, median step seconds per stage, and the machine's load: th
 and ``others_cpu``, the CPU other processes used while the candidate ran (in cores; on a 2-core
 machine anything above ~0.2 slows the steps down). Because the load drifts between candidates, a
 *same-speed estimate* is added: setup + compile as measured plus every stage's steps at the
-fastest median step time seen for that size and optimizer anywhere in the bench (a summary line
+fastest median step time seen for that size and optimizer (and L-BFGS memory) anywhere in the bench (a summary line
 in the JSON-lines file). The header has the device, CPU and versions (``bench/bench_step.py``'s
 helpers). Run it on an idle machine for numbers to quote.
 """
@@ -108,24 +109,33 @@ class Stage:
     learning_rate: float
     scale: float
     steps: int | None  # None: the last stage's default budget
+    lbfgs_memory: int = 10
 
     def __str__(self):
         lr = "" if self.optimizer.startswith("lbfgs") or self.learning_rate == 0.02 else f"{self.learning_rate:g}"
-        return f"{self.optimizer}{lr}@{self.scale:g}" + ("" if self.steps is None else f":{self.steps}")
+        memory = f"/{self.lbfgs_memory}" if self.optimizer.startswith("lbfgs") and self.lbfgs_memory != 10 else ""
+        return f"{self.optimizer}{lr}{memory}@{self.scale:g}" + ("" if self.steps is None else f":{self.steps}")
 
 
-_STAGE = re.compile(r"^(adam|lbfgs-fixed|lbfgs)([0-9.eE+-]*)@([0-9.]+)(?::([0-9]+))?$")
+_STAGE = re.compile(r"^(adam|lbfgs-fixed|lbfgs)([0-9.eE+-]*)(?:/([0-9]+))?@([0-9.]+)(?::([0-9]+))?$")
 
 
 def parse_schedule(spec: str) -> list[Stage]:
-    """``"adam@0.5:100,lbfgs@1"`` -> stages. The last stage must be at scale 1."""
+    """``"adam@0.5:100,lbfgs-fixed/20@1"`` -> stages (``/20``: 20 L-BFGS correction pairs instead of
+    10). The last stage must be at scale 1."""
     stages = []
     for part in spec.split(","):
         m = _STAGE.match(part.strip())
         if not m:
-            raise ValueError(f"bad stage {part!r}: use OPT[LR]@SCALE[:STEPS], e.g. adam@0.5:100 or adam0.05@1")
-        opt, lr, scale, steps = m.groups()
-        stages.append(Stage(opt, float(lr) if lr else 0.02, float(scale), int(steps) if steps else None))
+            raise ValueError(f"bad stage {part!r}: use OPT[LR][/MEMORY]@SCALE[:STEPS], e.g. adam@0.5:100, adam0.05@1 "
+                             "or lbfgs-fixed/20@1")
+        opt, lr, memory, scale, steps = m.groups()
+        if memory and opt == "adam":
+            raise ValueError(f"bad stage {part!r}: /MEMORY is for lbfgs and lbfgs-fixed")
+        if memory is not None and int(memory) < 1:
+            raise ValueError(f"bad stage {part!r}: L-BFGS memory must be at least 1")
+        stages.append(Stage(opt, float(lr) if lr else 0.02, float(scale), int(steps) if steps else None,
+                            int(memory) if memory else 10))
     if not stages or stages[-1].scale != 1.0:
         raise ValueError(f"{spec!r}: the last stage must be at full size (@1)")
     if any(s.steps is None for s in stages[:-1]):
@@ -155,11 +165,20 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
       full-size steps; with ``lbfgs-fixed`` at the coarse scales too 91 (50 + 100 coarse steps), 71
       (100 + 200) or 64 (50 at 32 px, 100 at 64, 150 at 128): the extra coarse steps cost about what
       they save, so the defaults below are the cheap ones.
+    * 256 px, the *(AMD2)* target 2770, ``lbfgs-fixed`` at 64 / 128 / 256 px (50 + 100 coarse steps):
+      the number of L-BFGS correction pairs (``/M``), 5 / 10 / 20 / 30 / 40, took 79 / 74 / 68 / 72 /
+      71 full-size steps. With 20 pairs: 150 steps at 128 px instead of 100 -> 62 full-size steps,
+      30 + 70 coarse steps -> 81, 40 more at 192 px -> 55; each change costs (in coarse steps) about
+      what it saves, or more. The last stage's loss, 20 pairs: 167 k at its first step, 8.2 k at
+      step 25, 3.7 k at step 50, 2.7 k at step 70; 0.3-0.6% of the pixels sit at 0 or 1, so the clip
+      to [0, 1] does not hold L-BFGS back.
     """
     return {
         "c2f-adam": f"adam@0.25:{max(1, coarse // 2)},adam@0.5:{coarse},adam@1",
         "lbfgs-fixed": "lbfgs-fixed@1",
         "c2f-lbfgs-fixed": f"lbfgs-fixed@0.25:{max(1, coarse // 2)},lbfgs-fixed@0.5:{coarse},lbfgs-fixed@1",
+        "c2f-lbfgs-fixed20": (f"lbfgs-fixed/20@0.25:{max(1, coarse // 2)},lbfgs-fixed/20@0.5:{coarse},"
+                              "lbfgs-fixed/20@1"),
         "c2f3-lbfgs-fixed": (f"lbfgs-fixed@0.125:{max(1, coarse // 2)},lbfgs-fixed@0.25:{coarse},"
                              f"lbfgs-fixed@0.5:{coarse * 3 // 2},lbfgs-fixed@1"),
     }
@@ -187,20 +206,21 @@ class Problem:
     weights: object
 
     def stylize(self, stages: list[Stage], steps: list[int], init, callback):
-        """One :func:`api.stylize` call for ``stages``, which share an optimizer and learning rate:
+        """One :func:`api.stylize` call for ``stages``, which share an optimizer and its settings:
         at the last one's size, the others as its ``scales``."""
         last = stages[-1]
         return api.stylize(self.content, self.segments, self.styles, self.approach, steps=steps,
                            size=max(16, round(self.size * last.scale)), scales=tuple(s.scale / last.scale for s in stages),
-                           optimizer=last.optimizer, learning_rate=last.learning_rate, init=init,
+                           optimizer=last.optimizer, learning_rate=last.learning_rate,
+                           lbfgs_memory=last.lbfgs_memory, init=init,
                            weights=self.weights, compute_metrics=False, callback=callback)
 
 
 def stylize_calls(stages: list[Stage]) -> list[list[Stage]]:
     """The :func:`api.stylize` calls a schedule makes: one (with ``scales=``, as a user of the
-    ``segstyle`` command would run it) when every stage has the same optimizer and learning rate,
+    ``segstyle`` command would run it) when every stage has the same optimizer and settings,
     else one per stage."""
-    if len({(s.optimizer, s.learning_rate) for s in stages}) == 1:
+    if len({(s.optimizer, s.learning_rate, s.lbfgs_memory) for s in stages}) == 1:
         return [list(stages)]
     return [[s] for s in stages]
 
@@ -258,7 +278,8 @@ def run_schedule(problem: Problem, stages: list[Stage], default_steps: int, targ
         steady = [b - a for a, b in zip(ts, ts[1:])]
         step_s = statistics.median(steady) if steady else 0.0
         stage_rows.append({"stage": str(stage), "scale": stage.scale, "px": max(16, round(problem.size * stage.scale)),
-                           "optimizer": stage.optimizer, "learning_rate": stage.learning_rate, "steps": len(ts),
+                           "optimizer": stage.optimizer, "learning_rate": stage.learning_rate,
+                           "lbfgs_memory": stage.lbfgs_memory, "steps": len(ts),
                            "step_median_s": step_s, "setup_compile_s": (ts[0] - before - step_s) if ts else 0.0})
         if si in compile_s:
             stage_rows[-1]["engine_compile_s"] = compile_s[si]
@@ -307,15 +328,14 @@ def same_speed_estimates(rows) -> None:
     for r in rows:
         for s in r["stages"]:
             if s["steps"] > 1:
-                key = (s["px"], s["optimizer"])
+                key = (s["px"], s["optimizer"], s.get("lbfgs_memory", 10))
                 fastest[key] = min(fastest.get(key, float("inf")), s["step_median_s"])
     for r in rows:
         if r["seconds_to_target"] is None:
             r["same_speed_s"] = None
             continue
-        r["same_speed_s"] = sum(s["setup_compile_s"] + s["steps"] * fastest.get((s["px"], s["optimizer"]),
-                                                                                 s["step_median_s"])
-                                for s in r["stages"])
+        r["same_speed_s"] = sum(s["setup_compile_s"] + s["steps"] * fastest.get(
+            (s["px"], s["optimizer"], s.get("lbfgs_memory", 10)), s["step_median_s"]) for s in r["stages"])
 
 
 def markdown(rows, plain: dict) -> str:
@@ -386,7 +406,7 @@ def main(argv=None):
     p.add_argument("--coarse-steps", type=int, help="steps at each coarse scale (default ref-steps / 5)")
     p.add_argument("--approach", default="locality", choices=("multipass", "blended", "locality", "localized"))
     p.add_argument("--candidates", nargs="*",
-                   help="names of default candidates and/or NAME=OPT[LR]@SCALE[:STEPS],... schedules "
+                   help="names of default candidates and/or NAME=OPT[LR][/MEMORY]@SCALE[:STEPS],... schedules "
                         "(default: all default candidates)")
     p.add_argument("--target-from", default="tail", choices=tuple(TARGET_RULES),
                    help="target = 1.05 x the median of the reference's last 5%% of steps (default: insensitive to "

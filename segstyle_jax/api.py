@@ -170,6 +170,7 @@ def stylize(
     seed: int = 0,
     optimizer: str = "adam",
     learning_rate: float = 0.02,
+    lbfgs_memory: int = 10,
     style_scale: float = 1.0,
     pooling: str = "max",
     preserve_color: bool | Sequence[str] = False,
@@ -204,6 +205,8 @@ def stylize(
       seed: random seed for noise init (the same seed gives the same output).
       optimizer, learning_rate: ``adam`` (with its step size, in [0, 1] RGB units), ``lbfgs`` (optax's,
         zoom line search) or ``lbfgs-fixed`` (unit step, no line search: one evaluation per step).
+      lbfgs_memory: correction pairs both L-BFGS keep (default 10, optax's); each pair holds two
+        image-sized arrays (at 2048², 100 MB per pair for one image).
       style_scale: style images are resized to ``style_scale * size`` on their longest side.
       pooling: ``max`` or ``avg``.
       preserve_color: ``True`` or a list of labels: keep the content's colours (luminance-only
@@ -296,7 +299,8 @@ def stylize(
             if (seg_s.masks[k] >= 0.5).sum() == 0:
                 raise ValueError(f"segment {label!r} vanishes at {hw[1]}x{hw[0]} px; use a larger size")
         config = StepConfig(approach, hw[0], hw[1], seg.num_segments, tuple(style_layers), tuple(content_layers),
-                            pooling=pooling, optimizer=optimizer, learning_rate=learning_rate)
+                            pooling=pooling, optimizer=optimizer, learning_rate=learning_rate,
+                            lbfgs_memory=lbfgs_memory)
         loss_weights = LossWeights.create(
             config, content=content_weight, style=style_weight, tv=tv_weight,
             segments=[segment_weights.get(label, 1.0) for label in seg.labels],

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="adam (default), lbfgs (zoom line search) or lbfgs-fixed (unit step, one evaluation per "
                           "step)")
     opt.add_argument("--learning-rate", type=float, default=0.02, help="Adam step in [0,1] RGB units (default 0.02)")
+    opt.add_argument("--lbfgs-memory", type=int, default=10, metavar="M",
+                     help="correction pairs of both L-BFGS (default 10; each holds two image-sized arrays)")
     opt.add_argument("--init", default="content", help="content, noise, or an image path (default content)")
     opt.add_argument("--seed", type=int, default=0, help="seed for noise init (default 0)")
     opt.add_argument("--passes", choices=tuple(PASSES), default="auto",
@@ -328,7 +330,8 @@ def cmd_stylize(args) -> int:
             segment_weights=segment_weights, style_layers=args.style_layers, layer_weights=args.layer_weights,
             content_layers=args.content_layers, gamma=args.gamma, rho=args.rho,
             regions=regions if approach == "localized" else None, init=init, seed=args.seed,
-            optimizer=args.optimizer, learning_rate=args.learning_rate, style_scale=args.style_scale,
+            optimizer=args.optimizer, learning_rate=args.learning_rate,
+            lbfgs_memory=args.lbfgs_memory, style_scale=args.style_scale,
             pooling=args.pooling, preserve_color=preserve, feather_px=args.feather, weights=weights,
             compute_metrics=bool(args.metrics) or args.compare, callback=callback,
             batch_passes=PASSES[args.passes], conv=args.conv)

@@ -60,6 +60,10 @@ class StepConfig:
             raise ValueError(f"approach must be one of {APPROACHES}, got {self.approach!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if isinstance(self.lbfgs_memory, bool) or not isinstance(self.lbfgs_memory, (int, np.integer)) \
+                or self.lbfgs_memory < 1:
+            raise ValueError(f"lbfgs_memory must be a positive integer, got {self.lbfgs_memory!r}")
+        object.__setattr__(self, "lbfgs_memory", int(self.lbfgs_memory))
         if self.num_segments < 1:
             raise ValueError(f"need at least one segment, got {self.num_segments}")
         if min(self.height, self.width) < 16:
