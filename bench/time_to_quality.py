@@ -26,8 +26,8 @@ reference run at 128 px on a busy machine ended at 8258 where runs on an idle on
 bitwise reproducible under contention, and 500 Adam steps amplify that), which moved the plain
 schedule's own step to target from 473 to 451. Runs on an idle machine repeat to the last digit.
 
-**Candidates.** Each is a list of stages ``OPT[LR][/MEMORY]@SCALE[:STEPS]`` (``adam@0.5:100`` = 100 Adam
-steps at half size, ``adam0.05@1`` = Adam with learning rate 0.05 at full size, ``lbfgs@1`` =
+**Candidates.** Each is a list of stages ``OPT[LR][/MEMORY]@SCALE[:STEPS]`` (``adam@0.5:100`` =
+100 Adam steps at half size, ``adam0.05@1`` = Adam with learning rate 0.05 at full size, ``lbfgs@1`` =
 optax's L-BFGS with its zoom line search at full size, ``lbfgs-fixed@1`` = L-BFGS with the unit
 step, no line search; ``lbfgs-fixed/20@1`` the same with 20 correction pairs instead of 10). A
 schedule whose stages share one optimizer, learning rate and memory is one
@@ -68,8 +68,8 @@ loss where it stopped, median step seconds per stage, and the machine's load: th
 and ``others_cpu``, the CPU other processes used while the candidate ran (in cores; on a 2-core
 machine anything above ~0.2 slows the steps down). Because the load drifts between candidates, a
 *same-speed estimate* is added: setup + compile as measured plus every stage's steps at the
-fastest median step time seen for that size and optimizer (and L-BFGS memory) anywhere in the bench (a summary line
-in the JSON-lines file). The header has the device, CPU and versions (``bench/bench_step.py``'s
+fastest median step time seen for that size and optimizer (and L-BFGS memory) anywhere in the
+bench (a summary line in the JSON-lines file). The header has the device, CPU and versions (``bench/bench_step.py``'s
 helpers). Run it on an idle machine for numbers to quote.
 """
 

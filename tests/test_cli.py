@@ -55,6 +55,7 @@ def test_compare_writes_a_sheet_and_every_approach(files, random_weights_file):
     (["--init", "nothere.png"], "nothere.png: file not found"),
     (["--gamma", "3"], "gamma must be in [0, 1]"),
     (["--layer-weights", "1", "2", "3"], "3 layer weights given for 2 style layers"),
+    (["--optimizer", "lbfgs-fixed", "--lbfgs-memory", "0"], "lbfgs_memory must be a positive integer, got 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(files, random_weights_file, capsys, change, message):
     change = [c.replace("STYLE0", str(files / "style0.png")) for c in change]
