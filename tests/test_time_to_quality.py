@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("torch")  # bench/ imports it (bench_step.py's helpers)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for bench/
 from bench.time_to_quality import Stage, parse_schedule, stylize_calls  # noqa: E402
 
