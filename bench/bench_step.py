@@ -84,7 +84,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import torch_reference  # noqa: E402
-from segstyle_jax import engine, host_memory, losses, masks as masks_lib, winograd  # noqa: E402
+from segstyle_jax import engine, host_memory, winograd  # noqa: E402
 from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -467,15 +467,7 @@ def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, 
 
 def _jax_style_term(cfg, feats, tg, lw):
     """The style part of the engine's loss, from features: what the Gram work costs on its own."""
-    layer_weights = {t: lw.layers[i] for i, t in enumerate(cfg.style_taps)}
-    if cfg.approach == "multipass":
-        def per_image(f, style_k):
-            return sum(layer_weights[t] * losses.style_error(losses.gram(f[t]), style_k[t]) for t in cfg.style_taps)
-        return jnp.sum(lw.segments * jax.vmap(per_image)(feats, tg.style))
-    layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, cfg.style_taps))(tg.masks)
-    per_segment = jax.vmap(losses.segment_style_loss, in_axes=(None, 0, 0, None))(feats, layer_masks, tg.style,
-                                                                                  layer_weights)
-    return jnp.sum(lw.segments * per_segment)
+    return jnp.sum(lw.segments * engine.style_terms(cfg, feats, tg, lw))
 
 
 def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:

@@ -221,9 +221,10 @@ def stylize(
         after the other (the memory of one image; with Adam the same result), ``None`` batches when XLA's
         memory estimate fits in the available memory and otherwise runs the passes one by one.
       conv: the step's convolution algorithm (:mod:`segstyle_jax.winograd`; the same result up to
-        float rounding): ``auto`` uses Winograd on CPU for the layers and scales where it was faster
-        (a scale with few steps or pixels keeps the faster-compiling direct convolution),
-        ``direct`` never, ``winograd`` for every layer.
+        float rounding): ``auto`` picks per layer on CPU what was faster (Winograd's ``F(4x4, 3x3)``
+        or ``F(2x2, 3x3)``, or XLA's convolution: :func:`segstyle_jax.winograd.layer_algorithm`; a
+        scale with few steps or pixels keeps the faster-compiling direct convolution), ``direct``
+        never uses Winograd, ``winograd`` / ``winograd2x2`` use ``F(4x4)`` / ``F(2x2)`` for every layer.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")

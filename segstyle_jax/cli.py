@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pooling", choices=("max", "avg"), default="max")
     model.add_argument("--conv", choices=winograd.ALGORITHMS, default="auto",
                        help="convolution algorithm of the step (the same result up to float rounding): auto "
-                            "(default: Winograd on CPU where it was faster), direct (XLA's) or winograd")
+                            "(default: per layer, Winograd on CPU where it was faster), direct (XLA's), "
+                            "winograd (F(4x4, 3x3) everywhere) or winograd2x2 (F(2x2, 3x3) everywhere)")
     _add_compile_cache(model)
     p.set_defaults(func=cmd_stylize)
 

@@ -48,7 +48,7 @@ import optax
 
 from segstyle_jax import losses, masks as masks_lib
 from segstyle_jax.config import LossWeights, StepConfig
-from segstyle_jax.vgg import VGG, layer_names, prepared_variables
+from segstyle_jax.vgg import VGG, conv_algorithms, layer_names, prepared_variables
 
 
 @flax.struct.dataclass
@@ -191,20 +191,37 @@ def _vgg_variables(params, prepared) -> dict:
     return {"params": params} if prepared is None else {"params": params, "prepared": prepared}
 
 
+def style_terms(config: StepConfig, feats: dict, targets: Targets, weights: LossWeights):
+    """``[K]``: each segment's unweighted style term ``sum_l lambda_l E_k^l`` from the VGG features.
+
+    One-image approaches: ``feats`` of the one image (tap -> ``[h_l, w_l, c_l]``), the masked Grams
+    of every segment under its layer masks (locality-weighted for ``locality``/``localized``), one
+    product per tap (:func:`segstyle_jax.losses.segments_style_loss`). ``multipass``: ``feats`` of
+    the ``K`` images (tap -> ``[K, h_l, w_l, c_l]``), image ``k``'s plain Gram against segment ``k``'s
+    target (vmapped over ``k``)."""
+    layer_weights = _layer_weight_dict(config, weights)
+    if config.approach == "multipass":
+        def per_image(f, style_k):
+            return sum(layer_weights[t] * losses.style_error(losses.gram(f[t]), style_k[t]) for t in config.style_taps)
+        return jax.vmap(per_image)(feats, targets.style)
+    seg_masks = targets.masks
+    if config.use_locality:
+        seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
+    layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, config.style_taps))(seg_masks)
+    return losses.segments_style_loss(feats, layer_masks, targets.style, layer_weights)
+
+
 def one_image_loss(config: StepConfig, model: VGG, image, params, targets: Targets, weights: LossWeights,
                    prepared=None):
     """Loss of the one-image approaches (``blended``, ``locality``, ``localized``).
 
     ``image`` ``[h, w, 3]`` -> ``(total, terms)``; ``terms`` holds ``content``, ``style``, ``tv``
-    and ``per_segment`` ``[K]`` (unweighted ``sum_l lambda_l E_k^l``). ``prepared``: the flipped
-    and transformed kernels of ``params`` (:func:`segstyle_jax.vgg.prepared_variables`), or ``None``.
+    and ``per_segment`` ``[K]`` (unweighted ``sum_l lambda_l E_k^l``, :func:`style_terms`).
+    ``prepared``: the flipped and transformed kernels of ``params``
+    (:func:`segstyle_jax.vgg.prepared_variables`), or ``None``.
     """
     feats = model.apply(_vgg_variables(params, prepared), image)
-    seg_masks = targets.masks
-    if config.use_locality:
-        seg_masks = masks_lib.locality_weighted_masks(seg_masks, targets.dist, weights.gamma, weights.rho)
-    layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, config.style_taps))(seg_masks)
-    per_segment = losses.segments_style_loss(feats, layer_masks, targets.style, _layer_weight_dict(config, weights))
+    per_segment = style_terms(config, feats, targets, weights)
     terms = {"content": _content_term(config, feats, targets),
              "style": jnp.sum(weights.segments * per_segment),
              "tv": losses.total_variation(image),
@@ -219,13 +236,8 @@ def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targ
     with the unmasked Gram. The K objectives are independent, so the gradient of their sum is each
     image's own gradient. Returns ``(total, terms)`` like :func:`one_image_loss`."""
     feats = model.apply(_vgg_variables(params, prepared), images)  # one batched VGG pass over the K images
-    layer_weights = _layer_weight_dict(config, weights)
-
-    def per_image(f, style_k):
-        style = sum(layer_weights[t] * losses.style_error(losses.gram(f[t]), style_k[t]) for t in config.style_taps)
-        return _content_term(config, f, targets), style
-
-    content, per_segment = jax.vmap(per_image)(feats, targets.style)
+    per_segment = style_terms(config, feats, targets, weights)
+    content = jax.vmap(lambda f: _content_term(config, f, targets))(feats)
     tv = jax.vmap(losses.total_variation)(images)
     terms = {"content": jnp.mean(content), "style": jnp.sum(weights.segments * per_segment),
              "tv": jnp.mean(tv), "per_segment": per_segment}
@@ -282,8 +294,9 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     finite, the state keeps the old image, so the last good image is never lost.
 
     ``params`` (those of the layers up to the deepest tap) are put on the device once, with the
-    flipped kernels of the input gradient and, when ``model`` may use Winograd (``conv`` other than
-    ``'direct'``), the Winograd transforms (:func:`segstyle_jax.vgg.prepared_variables`), and passed
+    flipped kernels of the input gradient and, for the layers that run by Winograd at the config's
+    image size (:func:`segstyle_jax.vgg.conv_algorithms`), their Winograd transforms
+    (:func:`segstyle_jax.vgg.prepared_variables`), and passed
     to the program as a bound last argument (:class:`BoundStep`), so the step derives nothing from
     the kernels at run time. Compiled into the program as constants instead, they made it 80 MB of
     StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent cache
@@ -294,7 +307,8 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     names = layer_names(model.arch)
     run = names[: max(names.index(t) for t in model.taps) + 1]  # the layers the model computes
     params = {name: jax.tree.map(lambda a: np.asarray(a, np.float32), p) for name, p in params.items() if name in run}
-    variables = jax.device_put({"params": params, "prepared": prepared_variables(params, model.conv != "direct")})
+    plan = conv_algorithms(model.arch, model.conv, config.height, config.width, jax.default_backend())
+    variables = jax.device_put({"params": params, "prepared": prepared_variables(params, plan)})
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 

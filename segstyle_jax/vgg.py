@@ -14,8 +14,9 @@ Conventions (stated here once; everything else refers to this module):
   stride 2 and VALID padding (odd sizes drop the last row/column), max or average.
 * Only the layers up to the deepest requested tap are computed.
 * The convolutions run by XLA's own convolution (``conv='direct'``, the default) or by Winograd's
-  ``F(2x2, 3x3)`` (``'winograd'``, :mod:`segstyle_jax.winograd`): the same function up to float
-  rounding; ``'auto'`` picks per layer what was faster on this project's benchmark.
+  ``F(4x4, 3x3)`` (``'winograd'``; ``'winograd2x2'`` for ``F(2x2, 3x3)``; :mod:`segstyle_jax.winograd`):
+  the same function up to float rounding; ``'auto'`` picks per layer what was faster on this
+  project's benchmark (:func:`conv_algorithms`).
 
 The model does no I/O; weights are read by :mod:`segstyle_jax.weights`.
 """
@@ -26,6 +27,7 @@ import re
 from typing import Literal
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -111,7 +113,7 @@ class Conv3x3(nn.Module):
     """A 3x3 stride-1 convolution with one pixel of zero padding and a bias, with ``nn.Conv``'s
     parameters (``kernel`` HWIO ``[3, 3, c_in, c_out]``, ``bias`` ``[c_out]``) and initializers.
 
-    ``algorithm``: ``'direct'``, ``'auto'`` or ``'winograd'`` (:func:`segstyle_jax.winograd.conv3x3`).
+    ``algorithm``: one of :data:`segstyle_jax.winograd.ALGORITHMS` (:func:`segstyle_jax.winograd.conv3x3`).
     When the variables hold a ``prepared`` collection (:func:`prepared_variables`), the layer takes
     its flipped and transformed kernels from there instead of deriving them from ``kernel``.
     """
@@ -132,13 +134,30 @@ class Conv3x3(nn.Module):
         return winograd.conv3x3(x, kernel, self.algorithm, prepared) + bias
 
 
-def prepared_variables(params, winograd_kernels: bool = True) -> dict:
+def conv_algorithms(arch: str, conv: str, height: int, width: int, platform: str) -> dict[str, str]:
+    """``{conv name: algorithm}``: what each convolution of ``arch`` runs for an ``height x width``
+    input under the model's ``conv`` setting on ``platform`` (``'direct'``, ``'winograd'`` or
+    ``'winograd2x2'``; :func:`segstyle_jax.winograd.layer_algorithm` of the layer's map size and
+    channels). The model and the engine's prepared kernels both follow this plan."""
+    shapes, out, h, w = conv_shapes(arch), {}, height, width
+    for name in layer_names(arch):
+        if name.startswith("conv"):
+            (_, _, c_in, c_out), _ = shapes[name]
+            out[name] = winograd.layer_algorithm(conv, h, w, c_in, c_out, platform)
+        elif name.startswith("pool"):
+            h, w = h // 2, w // 2
+    return out
+
+
+def prepared_variables(params, algorithms: dict[str, str] | None = None) -> dict:
     """The ``prepared`` variable collection for ``params``: every convolution mapped to its
-    :func:`segstyle_jax.winograd.prepared_kernels` (NumPy arrays, computed once; with the Winograd
-    transforms when ``winograd_kernels``). Applied as
-    ``model.apply({"params": params, "prepared": prepared_variables(params)}, x)``, the model computes
-    the same function without flipping or transforming a kernel."""
-    return {name: winograd.prepared_kernels(p["kernel"], winograd_kernels)
+    :func:`segstyle_jax.winograd.prepared_kernels` (NumPy arrays, computed once), with the Winograd
+    transforms of the tile size its algorithm runs where ``algorithms`` (:func:`conv_algorithms`)
+    says ``'winograd'`` or ``'winograd2x2'``; ``None``: the flipped kernels only. Applied as
+    ``model.apply({"params": params, "prepared": prepared_variables(params, plan)}, x)``, the model
+    computes the same function without flipping or transforming a kernel."""
+    algorithms = algorithms or {}
+    return {name: winograd.prepared_kernels(p["kernel"], winograd.TILE.get(algorithms.get(name, "direct")))
             for name, p in params.items() if name.startswith("conv")}
 
 
@@ -150,8 +169,8 @@ class VGG(nn.Module):
       taps: layer names to return, e.g. ``('relu1_1', 'relu2_1', 'relu4_2')``.
       pooling: ``'max'`` (torchvision) or ``'avg'`` (Gatys et al. prefer it for synthesis).
       mean, std: per-channel preprocessing applied to the [0, 1] RGB input.
-      conv: convolution algorithm, ``'direct'`` (default), ``'auto'`` or ``'winograd'``
-        (:mod:`segstyle_jax.winograd`).
+      conv: convolution algorithm, ``'direct'`` (default), ``'auto'``, ``'winograd'`` or
+        ``'winograd2x2'`` (:mod:`segstyle_jax.winograd`).
 
     ``__call__(x)``: ``x`` is ``[N, h, w, 3]`` or ``[h, w, 3]`` RGB in [0, 1]; returns a dict
     mapping each tap to ``[N, h_l, w_l, c_l]`` (or ``[h_l, w_l, c_l]``), where
@@ -184,10 +203,11 @@ class VGG(nn.Module):
         x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
         deepest = max(names.index(t) for t in self.taps)
         shapes = conv_shapes(self.arch)
+        algorithms = conv_algorithms(self.arch, self.conv, x.shape[1], x.shape[2], jax.default_backend())
         out = {}
         for name in names[: deepest + 1]:
             if name.startswith("conv"):
-                x = Conv3x3(shapes[name][0][-1], self.conv, name=name)(x)
+                x = Conv3x3(shapes[name][0][-1], algorithms[name], name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:

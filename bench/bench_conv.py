@@ -1,0 +1,139 @@
+"""Per-layer time of each convolution algorithm: the data behind ``winograd.prefer_winograd``.
+
+    python bench/bench_conv.py                                   # 64-512 px images, ~3 minutes on 2 cores
+    python bench/bench_conv.py --sizes 256 --algorithms direct winograd --rounds 9 --jsonl conv.jsonl
+
+For every distinct convolution of VGG16 up to ``conv5_1`` (what the default style and content taps
+need) at each image size, and every algorithm of :mod:`segstyle_jax.winograd` (``direct``: XLA's
+convolution; ``winograd``: ``F(4x4, 3x3)``; ``winograd2x2``: ``F(2x2, 3x3)``), one jitted program
+runs what the update step runs of that layer: the convolution with its bias and ReLU, and the input
+gradient of a random cotangent, with the kernels prepared on the host and passed as arguments
+(:func:`segstyle_jax.winograd.prepared_kernels`), compiled with the step's compile options. The
+algorithms take turns, one call each, for ``--rounds`` rounds after a warm-up; the median is
+reported, with the relative error of each one's ``y`` against the direct convolution's. JSON lines and a
+Markdown table (one row per layer shape, the fastest marked) with the machine and versions.
+
+It is the layers in isolation: in the whole step XLA fuses the transforms with the neighbouring
+ReLU, bias and pooling, so ``bench/bench_step.py --conv ...`` is the judge of a rule; this shows
+where each algorithm wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.bench_step import environment, machine_busy_pct  # noqa: E402
+from segstyle_jax import engine, host_memory, vgg, winograd  # noqa: E402
+
+ALGORITHMS = ("direct", "winograd", "winograd2x2")
+
+
+def layer_shapes(size: int, deepest: str = "conv5_1") -> list[tuple[int, int, int]]:
+    """Distinct ``(map side, c_in, c_out)`` of VGG16's convolutions up to ``deepest`` for a
+    ``size x size`` image, in forward order."""
+    shapes, side = [], size
+    for name in vgg.layer_names("vgg16"):
+        if name.startswith("pool"):
+            side //= 2
+        elif name.startswith("conv"):
+            (_, _, c_in, c_out), _ = vgg.conv_shapes("vgg16")[name]
+            if (side, c_in, c_out) not in shapes:
+                shapes.append((side, c_in, c_out))
+        if name == deepest:
+            break
+    return shapes
+
+
+def layer_program(algorithm: str, x, kernel, bias, g):
+    """The compiled ``(y, dx)`` of ``y = relu(conv(x) + bias)`` and its input gradient for the
+    cotangent ``g``, by ``algorithm``, as a call without arguments."""
+    tile = winograd.TILE.get(algorithm)
+    prepared = winograd.prepared_kernels(kernel, tile)
+
+    def f(x, kernel, bias, prepared, g):
+        def layer(x):
+            return jax.nn.relu(winograd.conv3x3(x, kernel, algorithm, prepared) + bias)
+        y, vjp = jax.vjp(layer, x)
+        return y, vjp(g)[0]
+
+    args = (x, jnp.asarray(kernel), jnp.asarray(bias), jax.device_put(prepared), g)
+    compiled = engine.compile_lowered(jax.jit(f).lower(*args))
+    return lambda: jax.block_until_ready(compiled(*args))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="image sides (px)")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    p.add_argument("--rounds", type=int, default=7, help="timed calls of each algorithm, taking turns")
+    p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
+    args = p.parse_args(argv)
+    host_memory.keep_freed_memory()  # as the segstyle command and the other benchmarks run
+    env, busy = environment(), machine_busy_pct()
+    v = env["versions"]
+    header = (f"{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | jax {v['jax']} jaxlib {v['jaxlib']} | "
+              f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']} | "
+              f"CPU {busy:.0f}% busy before start")
+    print(f"# {header}", flush=True)
+    rng = np.random.default_rng(0)
+    rows, seen = [], set()
+    t_start = time.perf_counter()
+    for size in args.sizes:
+        for side, c_in, c_out in layer_shapes(size):
+            if (side, c_in, c_out) in seen:
+                continue
+            seen.add((side, c_in, c_out))
+            x = jnp.asarray(rng.uniform(0, 2, (1, side, side, c_in)).astype(np.float32))
+            kernel = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(np.float32)
+            bias = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
+            g = jnp.asarray(rng.standard_normal((1, side, side, c_out)).astype(np.float32))
+            calls, outputs = {}, {}
+            for a in args.algorithms:
+                calls[a] = layer_program(a, x, kernel, bias, g)
+                outputs[a] = calls[a]()
+            times = {a: [] for a in args.algorithms}
+            for _ in range(args.rounds):
+                for a in args.algorithms:
+                    t0 = time.perf_counter()
+                    calls[a]()
+                    times[a].append(time.perf_counter() - t0)
+            ref = outputs.get("direct")
+            row = {**env, "side": side, "c_in": c_in, "c_out": c_out, "rounds": args.rounds,
+                   "gflop_direct": 2 * 2 * 9 * side * side * c_in * c_out / 1e9}
+            for a in args.algorithms:
+                row[f"{a}_ms"] = 1e3 * statistics.median(times[a])
+                if ref is not None:  # of y only: a ReLU flipped by rounding moves dx by a whole g * w
+                    row[f"{a}_rel_err"] = float(jnp.abs(outputs[a][0] - ref[0]).max() / jnp.abs(ref[0]).max())
+            rows.append(row)
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.jsonl:
+                with args.jsonl.open("a") as fh:
+                    fh.write(line + "\n")
+
+    print(f"\n{header} | {len(rows)} layer shapes, {time.perf_counter() - t_start:.0f} s; forward (conv + bias + ReLU) and "
+          f"input gradient, median of {args.rounds} calls taking turns\n")
+    print("| map | c_in -> c_out | " + " | ".join(f"{a} ms" for a in args.algorithms) + " | fastest | "
+          + " | ".join(f"{a} rel. err." for a in args.algorithms if a != "direct") + " |")
+    print("|---|---|" + "---|" * (2 * len(args.algorithms)))
+    for r in rows:
+        fastest = min(args.algorithms, key=lambda a: r[f"{a}_ms"])
+        errs = [f"{r[f'{a}_rel_err']:.1e}" if f"{a}_rel_err" in r else "" for a in args.algorithms if a != "direct"]
+        print(f"| {r['side']}² | {r['c_in']} -> {r['c_out']} | "
+              + " | ".join(f"{r[f'{a}_ms']:.1f}" for a in args.algorithms) + f" | {fastest} | " + " | ".join(errs) + " |")
+
+
+if __name__ == "__main__":
+    main()
