@@ -1,7 +1,7 @@
 """Per-layer time of each convolution algorithm: the data behind ``winograd.prefer_winograd``.
 
     python bench/bench_conv.py                                   # 64-512 px images, ~3 minutes on 2 cores
-    python bench/bench_conv.py --sizes 256 --algorithms direct winograd --rounds 9 --jsonl conv.jsonl
+    python bench/bench_conv.py --sizes 256 --algorithms direct winograd --rounds 9 --torch --jsonl conv.jsonl
 
 For every distinct convolution of VGG16 up to ``conv5_1`` (what the default style and content taps
 need) at each image size, and every algorithm of :mod:`segstyle_jax.winograd` (``direct``: XLA's
@@ -10,8 +10,11 @@ runs what the update step runs of that layer: the convolution with its bias and 
 gradient of a random cotangent, with the kernels prepared on the host and passed as arguments
 (:func:`segstyle_jax.winograd.prepared_kernels`), compiled with the step's compile options. The
 algorithms take turns, one call each, for ``--rounds`` rounds after a warm-up; the median is
-reported, with the relative error of each one's ``y`` against the direct convolution's. JSON lines and a
-Markdown table (one row per layer shape, the fastest marked) with the machine and versions.
+reported, with the relative error of each one's ``y`` against the direct convolution's. With
+``--torch`` PyTorch takes its turn too: the same layer as ``bench/torch_reference.py`` runs it
+(``nn.Conv2d`` and ReLU on NCHW tensors, the input gradient by autograd, the kernel's switched off),
+so the table shows where XLA's convolutions lose. JSON lines and a Markdown table (one row per
+layer shape, the fastest JAX algorithm marked) with the machine and versions.
 
 It is the layers in isolation: in the whole step XLA fuses the transforms with the neighbouring
 ReLU, bias and pooling, so ``bench/bench_step.py --conv ...`` is the judge of a rule; this shows
@@ -73,11 +76,32 @@ def layer_program(algorithm: str, x, kernel, bias, g):
     return lambda: jax.block_until_ready(compiled(*args))
 
 
+def torch_layer(x, kernel, bias, g):
+    """The same layer in PyTorch, NCHW: ``relu(conv2d(x) + bias)`` and the input gradient for ``g``."""
+    import torch
+
+    conv = torch.nn.Conv2d(kernel.shape[2], kernel.shape[3], 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
+        conv.bias.copy_(torch.from_numpy(bias))
+    conv.requires_grad_(False)
+    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+    gt = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+
+    def call():
+        xg = xt.clone().requires_grad_(True)
+        y = torch.relu(conv(xg))
+        (dx,) = torch.autograd.grad(y, xg, gt)
+        return y, dx
+    return call
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="image sides (px)")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     p.add_argument("--rounds", type=int, default=7, help="timed calls of each algorithm, taking turns")
+    p.add_argument("--torch", action="store_true", help="also time the same layer in PyTorch (NCHW)")
     p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     args = p.parse_args(argv)
     host_memory.keep_freed_memory()  # as the segstyle command and the other benchmarks run
@@ -103,18 +127,21 @@ def main(argv=None):
             for a in args.algorithms:
                 calls[a] = layer_program(a, x, kernel, bias, g)
                 outputs[a] = calls[a]()
-            times = {a: [] for a in args.algorithms}
+            if args.torch:
+                calls["torch"] = torch_layer(x, kernel, bias, g)
+                calls["torch"]()
+            times = {a: [] for a in calls}
             for _ in range(args.rounds):
-                for a in args.algorithms:
+                for a, call in calls.items():
                     t0 = time.perf_counter()
-                    calls[a]()
+                    call()
                     times[a].append(time.perf_counter() - t0)
             ref = outputs.get("direct")
             row = {**env, "side": side, "c_in": c_in, "c_out": c_out, "rounds": args.rounds,
                    "gflop_direct": 2 * 2 * 9 * side * side * c_in * c_out / 1e9}
-            for a in args.algorithms:
+            for a in calls:
                 row[f"{a}_ms"] = 1e3 * statistics.median(times[a])
-                if ref is not None:  # of y only: a ReLU flipped by rounding moves dx by a whole g * w
+                if ref is not None and a != "torch":  # of y only: a ReLU flipped by rounding moves dx by a whole g * w
                     row[f"{a}_rel_err"] = float(jnp.abs(outputs[a][0] - ref[0]).max() / jnp.abs(ref[0]).max())
             rows.append(row)
             line = json.dumps(row)
@@ -125,14 +152,17 @@ def main(argv=None):
 
     print(f"\n{header} | {len(rows)} layer shapes, {time.perf_counter() - t_start:.0f} s; forward (conv + bias + ReLU) and "
           f"input gradient, median of {args.rounds} calls taking turns\n")
-    print("| map | c_in -> c_out | " + " | ".join(f"{a} ms" for a in args.algorithms) + " | fastest | "
+    timed = list(args.algorithms) + (["torch"] if args.torch else [])
+    print("| map | c_in -> c_out | " + " | ".join(f"{a} ms" for a in timed) + " | fastest JAX | "
+          + ("fastest JAX / PyTorch | " if args.torch else "")
           + " | ".join(f"{a} rel. err." for a in args.algorithms if a != "direct") + " |")
-    print("|---|---|" + "---|" * (2 * len(args.algorithms)))
+    print("|---|---|" + "---|" * (len(timed) + 1 + args.torch + len(args.algorithms) - ("direct" in args.algorithms)))
     for r in rows:
         fastest = min(args.algorithms, key=lambda a: r[f"{a}_ms"])
         errs = [f"{r[f'{a}_rel_err']:.1e}" if f"{a}_rel_err" in r else "" for a in args.algorithms if a != "direct"]
-        print(f"| {r['side']}² | {r['c_in']} -> {r['c_out']} | "
-              + " | ".join(f"{r[f'{a}_ms']:.1f}" for a in args.algorithms) + f" | {fastest} | " + " | ".join(errs) + " |")
+        vs_torch = [f"{r[f'{fastest}_ms'] / r['torch_ms']:.2f}"] if args.torch else []
+        print(f"| {r['side']}² | {r['c_in']} -> {r['c_out']} | " + " | ".join(f"{r[f'{a}_ms']:.1f}" for a in timed)
+              + f" | {fastest} | " + " | ".join(vs_torch + errs) + " |")
 
 
 if __name__ == "__main__":

@@ -231,10 +231,11 @@ _conv_traced_kernel.defvjp(_fwd, _bwd)
 # take 2.25x (F(4x4)) or 4x (F(2x2)) the memory of the layer's input, which matters at 1024-2048 px.
 MAX_WINOGRAD_PIXELS = 256 * 256
 
-# Extra compile seconds Winograd costs a whole step (about 2.2 s on the development CPU, 2 cores)
-# against what it saves per step and pixel (about 2 microseconds): below this many steps x pixels
-# of a stage, the direct convolution finishes first (:func:`worth_compiling`).
-MIN_STEP_PIXELS = 2 ** 20
+# Extra compile seconds 'auto' costs a whole step against 'direct' (2.0, 2.6 and 3.5 s at 128, 256
+# and 512 px on the 2-core benchmark CPU) over what it saves per step and pixel (1.1-1.5
+# microseconds): about 2 million steps x pixels repay it (110 steps at 128x128, 34 at 256x256, 9 at
+# 512x512). Below that, the direct convolution finishes first (:func:`worth_compiling`).
+MIN_STEP_PIXELS = 2 ** 21
 
 
 def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: int, platform: str) -> str:
@@ -265,7 +266,7 @@ def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: i
 def worth_compiling(steps: int, height: int, width: int, platform: str) -> bool:
     """Whether a stage of ``steps`` steps at ``height x width`` should compile its step with
     ``'auto'`` rather than ``'direct'``: on CPU, when ``steps * height * width >=`` :data:`MIN_STEP_PIXELS`
-    (e.g. 64 steps at 128x128, 256 at 64x64). One-off forward passes (style targets, metrics) stay
+    (e.g. 128 steps at 128x128, 512 at 64x64). One-off forward passes (style targets, metrics) stay
     direct for the same reason."""
     return platform == "cpu" and steps * height * width >= MIN_STEP_PIXELS
 
