@@ -1,4 +1,4 @@
-"""Per-layer time of each convolution algorithm: the data behind ``winograd.prefer_winograd``.
+"""Per-layer time of each convolution algorithm: the data behind ``winograd.layer_algorithm``.
 
     python bench/bench_conv.py                                   # 64-512 px images, ~3 minutes on 2 cores
     python bench/bench_conv.py --sizes 256 --algorithms direct winograd --rounds 9 --torch --jsonl conv.jsonl
