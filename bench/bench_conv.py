@@ -1,6 +1,6 @@
 """Per-layer time of each convolution algorithm: the data behind ``winograd.layer_algorithm``.
 
-    python bench/bench_conv.py                                   # 64-512 px images, ~3 minutes on 2 cores
+    python bench/bench_conv.py                                   # 64-512 px images, about 75 s on 2 cores
     python bench/bench_conv.py --sizes 256 --algorithms direct winograd --rounds 9 --torch --jsonl conv.jsonl
 
 For every distinct convolution of VGG16 up to ``conv5_1`` (what the default style and content taps
