@@ -12,8 +12,8 @@ gradient of a random cotangent, with the kernels prepared on the host and passed
 algorithms take turns, one call each, for ``--rounds`` rounds after a warm-up; the median is
 reported, with the relative error of each one's ``y`` against the direct convolution's. With
 ``--torch`` PyTorch takes its turn too: the same layer as ``bench/torch_reference.py`` runs it
-(``nn.Conv2d`` and ReLU on NCHW tensors, the input gradient by autograd, the kernel's switched off),
-so the table shows where XLA's convolutions lose. JSON lines and a Markdown table (one row per
+(``nn.Conv2d`` and ReLU on NCHW tensors, the input gradient by autograd, the kernel's switched off;
+its ``y`` checked against JAX's like the others), so the table shows where XLA's convolutions lose. JSON lines and a Markdown table (one row per
 layer shape, the fastest JAX algorithm marked) with the machine and versions.
 
 It is the layers in isolation: in the whole step XLA fuses the transforms with the neighbouring
@@ -85,8 +85,8 @@ def torch_layer(x, kernel, bias, g):
         conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
         conv.bias.copy_(torch.from_numpy(bias))
     conv.requires_grad_(False)
-    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-    gt = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()  # np.array: a writable copy
+    gt = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous()
 
     def call():
         xg = xt.clone().requires_grad_(True)
@@ -129,7 +129,8 @@ def main(argv=None):
                 outputs[a] = calls[a]()
             if args.torch:
                 calls["torch"] = torch_layer(x, kernel, bias, g)
-                calls["torch"]()
+                y, dx = calls["torch"]()
+                outputs["torch"] = (jnp.asarray(y.detach().permute(0, 2, 3, 1).numpy()), None)
             times = {a: [] for a in calls}
             for _ in range(args.rounds):
                 for a, call in calls.items():
@@ -141,7 +142,7 @@ def main(argv=None):
                    "gflop_direct": 2 * 2 * 9 * side * side * c_in * c_out / 1e9}
             for a in calls:
                 row[f"{a}_ms"] = 1e3 * statistics.median(times[a])
-                if ref is not None and a != "torch":  # of y only: a ReLU flipped by rounding moves dx by a whole g * w
+                if ref is not None:  # of y only: a ReLU flipped by rounding moves dx by a whole g * w
                     row[f"{a}_rel_err"] = float(jnp.abs(outputs[a][0] - ref[0]).max() / jnp.abs(ref[0]).max())
             rows.append(row)
             line = json.dumps(row)
@@ -163,6 +164,7 @@ def main(argv=None):
         vs_torch = [f"{r[f'{fastest}_ms'] / r['torch_ms']:.2f}"] if args.torch else []
         print(f"| {r['side']}² | {r['c_in']} -> {r['c_out']} | " + " | ".join(f"{r[f'{a}_ms']:.1f}" for a in timed)
               + f" | {fastest} | " + " | ".join(vs_torch + errs) + " |")
+    return rows
 
 
 if __name__ == "__main__":
