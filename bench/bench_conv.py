@@ -46,14 +46,10 @@ ALGORITHMS = ("direct", "winograd", "winograd2x2")
 def layer_shapes(size: int, deepest: str = "conv5_1") -> list[tuple[int, int, int]]:
     """Distinct ``(map side, c_in, c_out)`` of VGG16's convolutions up to ``deepest`` for a
     ``size x size`` image, in forward order."""
-    shapes, side = [], size
-    for name in vgg.layer_names("vgg16"):
-        if name.startswith("pool"):
-            side //= 2
-        elif name.startswith("conv"):
-            (_, _, c_in, c_out), _ = vgg.conv_shapes("vgg16")[name]
-            if (side, c_in, c_out) not in shapes:
-                shapes.append((side, c_in, c_out))
+    shapes = []
+    for name, (side, _, c_in, c_out) in vgg.conv_map_shapes("vgg16", size, size).items():
+        if (side, c_in, c_out) not in shapes:
+            shapes.append((side, c_in, c_out))
         if name == deepest:
             break
     return shapes

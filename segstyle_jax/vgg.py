@@ -134,19 +134,27 @@ class Conv3x3(nn.Module):
         return winograd.conv3x3(x, kernel, self.algorithm, prepared) + bias
 
 
-def conv_algorithms(arch: str, conv: str, height: int, width: int, platform: str) -> dict[str, str]:
-    """``{conv name: algorithm}``: what each convolution of ``arch`` runs for an ``height x width``
-    input under the model's ``conv`` setting on ``platform`` (``'direct'``, ``'winograd'`` or
-    ``'winograd2x2'``; :func:`segstyle_jax.winograd.layer_algorithm` of the layer's map size and
-    channels). The model and the engine's prepared kernels both follow this plan."""
+def conv_map_shapes(arch: str, height: int, width: int) -> dict[str, tuple[int, int, int, int]]:
+    """``{conv name: (h, w, c_in, c_out)}``: each convolution's input map size and channels for an
+    ``height x width`` image (every pooling halves the map, dropping an odd last row/column)."""
     shapes, out, h, w = conv_shapes(arch), {}, height, width
     for name in layer_names(arch):
         if name.startswith("conv"):
             (_, _, c_in, c_out), _ = shapes[name]
-            out[name] = winograd.layer_algorithm(conv, h, w, c_in, c_out, platform)
+            out[name] = (h, w, c_in, c_out)
         elif name.startswith("pool"):
             h, w = h // 2, w // 2
     return out
+
+
+def conv_algorithms(arch: str, conv: str, height: int, width: int, platform: str) -> dict[str, str]:
+    """``{conv name: algorithm}``: what each convolution of ``arch`` runs for an ``height x width``
+    input under the model's ``conv`` setting on ``platform`` (``'direct'``, ``'winograd'`` or
+    ``'winograd2x2'``; :func:`segstyle_jax.winograd.layer_algorithm` of the layer's map size and
+    channels, :func:`conv_map_shapes`). The model and the engine's prepared kernels both follow this
+    plan."""
+    return {name: winograd.layer_algorithm(conv, *shape, platform)
+            for name, shape in conv_map_shapes(arch, height, width).items()}
 
 
 def prepared_variables(params, algorithms: dict[str, str] | None = None) -> dict:

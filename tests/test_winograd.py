@@ -123,7 +123,8 @@ def test_vgg_plan_follows_the_map_sizes():
     plan = vgg.conv_algorithms("vgg16", "auto", 256, 256, "cpu")
     assert [plan[n] for n in ("conv1_1", "conv1_2", "conv2_1", "conv3_3", "conv4_1", "conv5_3")] == \
         ["direct", "direct", "winograd", "winograd", "winograd2x2", "winograd2x2"]
-    odd = vgg.conv_algorithms("vgg16", "auto", 129, 135, "cpu")  # pooling floors: 64x67 maps in block 2
+    assert vgg.conv_map_shapes("vgg16", 129, 135)["conv2_1"] == (64, 67, 64, 128)  # pooling floors odd sizes
+    odd = vgg.conv_algorithms("vgg16", "auto", 129, 135, "cpu")
     assert odd["conv2_1"] == "winograd" and odd["conv3_1"] == "winograd2x2"
     assert set(vgg.conv_algorithms("vgg19", "auto", 256, 256, "gpu").values()) == {"direct"}
     assert set(vgg.conv_algorithms("vgg16", "winograd", 64, 64, "cpu").values()) == {"winograd"}
