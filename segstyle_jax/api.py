@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segstyle_jax import engine, host_memory, images as images_lib, masks as masks_lib, winograd
+from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, winograd
 from segstyle_jax import metrics as metrics_lib
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
 from segstyle_jax.weights import VGGWeights, resolve_weights
@@ -223,7 +223,8 @@ def stylize(
       conv: the step's convolution algorithm (:mod:`segstyle_jax.winograd`; the same result up to
         float rounding): ``auto`` picks per layer on CPU what was faster (Winograd's ``F(4x4, 3x3)``
         or ``F(2x2, 3x3)``, or XLA's convolution: :func:`segstyle_jax.winograd.layer_algorithm`; a
-        scale with few steps or pixels keeps the faster-compiling direct convolution), ``direct``
+        scale with few steps or pixels keeps the faster-compiling direct convolution, fewer when
+        :mod:`segstyle_jax.compile_cache` is on: :func:`segstyle_jax.winograd.worth_compiling`), ``direct``
         never uses Winograd, ``winograd`` / ``winograd2x2`` use ``F(4x4)`` / ``F(2x2)`` for every layer.
     """
     if approach not in APPROACHES:
@@ -317,7 +318,7 @@ def stylize(
         hw = (config.height, config.width)
         model = vgg_weights.model(config.taps, pooling)  # targets: one forward pass, direct compiles fastest
         step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
-            steps_per_scale[si], *hw, jax.default_backend()) else conv
+            steps_per_scale[si], *hw, jax.default_backend(), cached=compile_cache.enabled_dir() is not None) else conv
         shape = (config.num_images, *hw, 3) if approach == "multipass" else (*hw, 3)
         compiling = pool.submit(_compile_step, config, vgg_weights.model(config.taps, pooling, step_conv),
                                 vgg_weights.params, engine.targets_spec(config, model, vgg_weights.params),

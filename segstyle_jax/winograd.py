@@ -236,6 +236,11 @@ MAX_WINOGRAD_PIXELS = 256 * 256
 # microseconds): about 2 million steps x pixels repay it (110 steps at 128x128, 34 at 256x256, 9 at
 # 512x512). Below that, the direct convolution finishes first (:func:`worth_compiling`).
 MIN_STEP_PIXELS = 2 ** 21
+# With XLA's persistent compile cache on (:mod:`segstyle_jax.compile_cache`) the extra compile is
+# paid once per shape and every later run loads the program: then a stage pays off from far fewer
+# steps (measured warm, locality K = 2, lbfgs-fixed: 35 -> 31 ms a step at 64x64, 105 -> 84 ms at
+# 128x128). 2^18 steps x pixels: 64 steps at 64x64, 16 at 128x128; one-off passes stay direct.
+MIN_STEP_PIXELS_CACHED = 2 ** 18
 
 
 def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: int, platform: str) -> str:
@@ -263,12 +268,13 @@ def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: i
     return "winograd" if pixels >= 64 * 64 else "winograd2x2"
 
 
-def worth_compiling(steps: int, height: int, width: int, platform: str) -> bool:
+def worth_compiling(steps: int, height: int, width: int, platform: str, cached: bool = False) -> bool:
     """Whether a stage of ``steps`` steps at ``height x width`` should compile its step with
     ``'auto'`` rather than ``'direct'``: on CPU, when ``steps * height * width >=`` :data:`MIN_STEP_PIXELS`
-    (e.g. 128 steps at 128x128, 512 at 64x64). One-off forward passes (style targets, metrics) stay
-    direct for the same reason."""
-    return platform == "cpu" and steps * height * width >= MIN_STEP_PIXELS
+    (e.g. 128 steps at 128x128, 512 at 64x64), or :data:`MIN_STEP_PIXELS_CACHED` when ``cached``
+    (the persistent compile cache is on, so the compile is paid once for many runs). One-off
+    forward passes (style targets, metrics) stay direct for the same reason."""
+    return platform == "cpu" and steps * height * width >= (MIN_STEP_PIXELS_CACHED if cached else MIN_STEP_PIXELS)
 
 
 def conv3x3(x, w, algorithm: str = "auto", prepared: dict | None = None):

@@ -1,9 +1,11 @@
 """The stylize API: input validation before compute, determinism, options; real-weight quality checks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from segstyle_jax import api, demo_data, engine, masks as masks_lib, winograd
+from segstyle_jax import api, compile_cache, demo_data, engine, masks as masks_lib, winograd
 from segstyle_jax.images import ImageError
 
 FAST = dict(steps=3, size=40, style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_2",))
@@ -84,6 +86,15 @@ def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, ra
     assert abs(wino.losses[0] - direct.losses[0]) / direct.losses[0] < 1e-5
     assert np.abs(wino.image - direct.image).mean() < 1e-3
     np.testing.assert_array_equal(auto.image, direct.image)
+    # with the compile cache on, the lower threshold decides (the compile is paid once)
+    monkeypatch.setattr(winograd, "MIN_STEP_PIXELS_CACHED", 1)
+    monkeypatch.setattr(compile_cache, "enabled_dir", lambda: None)
+    run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
+    assert used[-1] == "direct"
+    monkeypatch.setattr(compile_cache, "enabled_dir", lambda: Path("cache"))
+    run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
+    assert used[-1] == "auto"
+    monkeypatch.setattr(compile_cache, "enabled_dir", lambda: None)
     monkeypatch.setattr(winograd, "MIN_STEP_PIXELS", 1)  # any stage is worth it: auto's per-layer rule
     run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
     assert used[-1] == "auto"
