@@ -147,7 +147,7 @@ def parse_schedule(spec: str) -> list[Stage]:
 
 def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
     """The candidates run by default; ``coarse`` steps at half size, half that at quarter size,
-    a quarter at an eighth.
+    a quarter at an eighth (``-low``: 1.5 x ``coarse`` at quarter size, 0.3 x at half size).
 
     History, from exploratory runs (steps are full-size steps to the target):
 
@@ -172,6 +172,14 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
       what it saves, or more. The last stage's loss, 20 pairs: 167 k at its first step, 8.2 k at
       step 25, 3.7 k at step 50, 2.7 k at step 70; 0.3-0.6% of the pixels sit at 0 or 1, so the clip
       to [0, 1] does not hold L-BFGS back.
+    * 256 px, the *(Xeon)* target 1984, ``lbfgs-fixed/20`` (warm compile cache, one run each; the
+      full-size step's time varies by ~8% from run to run): steps at 64 / 128 px -> full-size steps,
+      seconds: 50 / 100 -> 107, 45.1 s; 150 / 50 -> 101, 41.3 s; 200 / 50 -> 101, 42.3 s;
+      150 / 30 -> 109, 39.0 and 42.3 s; 100 / 20 -> 125, 42.7 s; 250 / 30 -> 105, 46.0 s; 200 at
+      64 px alone -> 129, 44.1 s; 100 at 128 px alone -> 112, 42.6 s; 50 / 50 and 30 more at 192 px
+      -> 108, 53.1 s; 50 / 100 with 50 pairs -> 105, 56.1 s. The full-size stage takes 100-130 steps
+      whatever came before; here a 64 px step costs 0.15 of a 256 px one and a 128 px step 0.4, so
+      the cheapest start shifts the coarse work to 64 px (``c2f-lbfgs-fixed20-low``).
     """
     return {
         "c2f-adam": f"adam@0.25:{max(1, coarse // 2)},adam@0.5:{coarse},adam@1",
@@ -179,6 +187,8 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
         "c2f-lbfgs-fixed": f"lbfgs-fixed@0.25:{max(1, coarse // 2)},lbfgs-fixed@0.5:{coarse},lbfgs-fixed@1",
         "c2f-lbfgs-fixed20": (f"lbfgs-fixed/20@0.25:{max(1, coarse // 2)},lbfgs-fixed/20@0.5:{coarse},"
                               "lbfgs-fixed/20@1"),
+        "c2f-lbfgs-fixed20-low": (f"lbfgs-fixed/20@0.25:{max(1, coarse * 3 // 2)},"
+                                  f"lbfgs-fixed/20@0.5:{max(1, coarse * 3 // 10)},lbfgs-fixed/20@1"),
         "c2f3-lbfgs-fixed": (f"lbfgs-fixed@0.125:{max(1, coarse // 2)},lbfgs-fixed@0.25:{coarse},"
                              f"lbfgs-fixed@0.5:{coarse * 3 // 2},lbfgs-fixed@1"),
     }
