@@ -129,16 +129,24 @@ def test_region_targets(random_weights):
     np.testing.assert_allclose(blend["relu3_1"], 0.75 * whole["relu3_1"] + 0.25 * other["relu3_1"], rtol=1e-5)
 
 
-def test_non_finite_loss_keeps_the_last_good_image(random_weights):
-    config, model, targets, start, _, _ = setup(random_weights, "blended")
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs-fixed"])
+def test_non_finite_loss_keeps_the_last_good_image(random_weights, optimizer):
+    config, model, targets, start, _, _ = setup(random_weights, "blended", optimizer=optimizer)
     init, update = engine.make_update_fn(config, model, params=random_weights.params)
     good = LossWeights.create(config)
     state, _ = update(init(start), targets, good)
+    state, _ = update(state, targets, good)
     last_good = np.asarray(state.image).copy()
+    opt_before = [np.asarray(a).copy() for a in jax.tree.leaves(state.opt_state)]
     bad = good.replace(content=jnp.float32(np.nan))
     state, log = engine.optimize(update, state, targets, bad, 5)
     assert "non-finite loss" in log.stopped and "step 1" in log.stopped
     np.testing.assert_array_equal(np.asarray(state.image), last_good)
+    # the optimizer's update was skipped: its state (Adam's moments, L-BFGS's pairs) as before
+    for before, after in zip(opt_before, jax.tree.leaves(state.opt_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(after), before)
+    state, info = update(state, targets, good)  # and the run can go on from there
+    assert bool(info["finite"]) and not np.array_equal(np.asarray(state.image), last_good)
 
 
 def test_bad_shapes_are_rejected(random_weights):
