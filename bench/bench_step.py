@@ -5,7 +5,8 @@
     python bench/bench_step.py --sizes 256 512 --segments 1 2 4 --approaches multipass blended \\
         --optimizers adam lbfgs --steps 10 --jsonl bench.jsonl [--torch-compile] [--breakdown]
 
-For every configuration (image size x segments x approach x optimizer) both implementations get the
+For every configuration (image size x segments x approach x optimizer x ``--conv`` x ``--pooling``)
+both implementations get the
 same inputs in one process: the real default VGG16 weights, skimage's astronaut as the content,
 hubble_deep_field / brick / coffee / chelsea as the styles of segments 1..4, and K vertical bands
 (``--masks hbands``: horizontal; ``ellipse``: an ellipse around the astronaut plus bands) as masks.
@@ -14,7 +15,9 @@ convolution algorithm(s) of ``--conv``; the default ``auto`` is what ``stylize``
 of a few hundred steps), compiled ahead
 of time (``update.lower(...).compile()``; that is the compile time, reported apart, as is the first
 execution); PyTorch runs ``bench/torch_reference.py``. After ``--warmup`` untimed steps each, the
-two take turns, one step at a time, for ``--steps`` timed steps.
+two take turns, one step at a time, for ``--steps`` timed steps. ``--pooling avg`` runs both with
+average pooling (Gatys et al.'s choice for synthesis): a different loss, so its rows compare speed
+and memory, not quality.
 
 Reported per configuration (one JSON line each, then a Markdown table):
 
@@ -331,14 +334,15 @@ def _stats(xs):
 # one configuration
 
 
-def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, peak, sampler) -> dict:
-    row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv, "steps": args.steps,
+def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jparams, env, peak, sampler) -> dict:
+    row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv,
+           "pooling": pooling, "steps": args.steps,
            "masks": args.masks, "torch_compile": args.torch_compile, "loadavg_start": os.getloadavg()}
     content, styles, masks = make_inputs(size, k, args.masks)
-    cfg = StepConfig(approach, size, size, k, optimizer=optimizer)
+    cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling)
     lw = LossWeights.create(cfg)
     # targets with the direct convolution (one forward pass: it compiles fastest), the step with `conv`
-    model, smodel = weights.model(cfg.taps), weights.model(cfg.style_taps)
+    model, smodel = weights.model(cfg.taps, pooling), weights.model(cfg.style_taps, pooling)
     if approach == "localized":  # take each style from the central half of its image (paper 3.4)
         region = np.zeros((size, size), np.float32)
         region[size // 4:size - size // 4, size // 4:size - size // 4] = 1
@@ -351,7 +355,7 @@ def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, 
     tg = engine.make_targets(cfg, model, jparams, content, masks, engine.segment_targets(smodel, jparams, styles, seg))
     jax.block_until_ready(tg)
     row["jax_targets_s"] = time.perf_counter() - t0
-    init, update = engine.make_update_fn(cfg, weights.model(cfg.taps, conv=conv), params=jparams)
+    init, update = engine.make_update_fn(cfg, weights.model(cfg.taps, pooling, conv=conv), params=jparams)
     x0 = np.broadcast_to(content, (k,) + content.shape).copy() if approach == "multipass" else content
     state = init(x0)
     t0 = time.perf_counter()
@@ -452,7 +456,7 @@ def run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, 
 
     if args.breakdown:
         # host weights, closed over as constants (the engine's step takes them as arguments; README "Speed")
-        row["breakdown"] = breakdown(cfg, weights.model(cfg.taps, conv=conv), weights.params, tg, lw, ref, x0,
+        row["breakdown"] = breakdown(cfg, weights.model(cfg.taps, pooling, conv=conv), weights.params, tg, lw, ref, x0,
                                      args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()
     row.update(peak)
@@ -550,14 +554,15 @@ def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
 
 
 def markdown(rows) -> str:
-    head = ("| size | K | approach | opt | conv | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
+    head = ("| size | K | approach | opt | conv | pool | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
             "| PyTorch step s med (min-max) "
             "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step RSS MB JAX / PyTorch "
             "| XLA temp MB | CPU util JAX / PyTorch / others | loss0 rel diff |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['conv']} | {r['jax_compile_s']:.1f} "
+            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['conv']} | {r.get('pooling', 'max')} "
+            f"| {r['jax_compile_s']:.1f} "
             f"| {r['torch_first_step_s']:.1f}{' (compile)' if r['torch_compile'] else ''} "
             f"| {r['jax_step_median_s']:.3f} ({r['jax_step_min_s']:.3f}-{r['jax_step_max_s']:.3f}) "
             f"| {r['torch_step_median_s']:.3f} ({r['torch_step_min_s']:.3f}-{r['torch_step_max_s']:.3f}) "
@@ -598,6 +603,8 @@ def main(argv=None):
     p.add_argument("--optimizers", nargs="+", default=["adam"], choices=("adam", "lbfgs", "lbfgs-fixed"))
     p.add_argument("--conv", nargs="+", default=["auto"], choices=winograd.ALGORITHMS,
                    help="JAX convolution algorithm(s) (segstyle_jax/winograd.py); several: one row each")
+    p.add_argument("--pooling", nargs="+", default=["max"], choices=("max", "avg"),
+                   help="VGG pooling, in both frameworks (default max); several: one row each")
     p.add_argument("--steps", type=int, help="timed steps per implementation (default 5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
     p.add_argument("--masks", default="bands", choices=("bands", "hbands", "ellipse"))
@@ -646,14 +653,15 @@ def main(argv=None):
                 for approach in args.approaches:
                     for optimizer in args.optimizers:
                         for conv in args.conv:
-                            row = run_config(size, k, approach, optimizer, conv, args, weights, jparams, env, peak,
-                                             sampler)
-                            line = json.dumps(row, default=float)
-                            print(line, flush=True)
-                            if out:
-                                out.write(line + "\n")
-                                out.flush()
-                            rows.append(row)
+                            for pooling in args.pooling:
+                                row = run_config(size, k, approach, optimizer, conv, pooling, args, weights, jparams,
+                                                 env, peak, sampler)
+                                line = json.dumps(row, default=float)
+                                print(line, flush=True)
+                                if out:
+                                    out.write(line + "\n")
+                                    out.flush()
+                                rows.append(row)
     finally:
         sampler.close()
         if out:

@@ -101,13 +101,13 @@ def segment_styles(approach, k, hs=44, ws=36):
     return [engine.SegmentStyle(p) for p in parts[:k]]
 
 
-def build(weights, images, approach, seg_masks):
+def build(weights, images, approach, seg_masks, pooling="max"):
     content, styles = images
     k = seg_masks.shape[0]
-    cfg = StepConfig(approach, H, W, k, optimizer="adam", learning_rate=0.02)
+    cfg = StepConfig(approach, H, W, k, optimizer="adam", learning_rate=0.02, pooling=pooling)
     lw = LossWeights.create(cfg, content=1.0, style=1e3, tv=10.0, segments=np.linspace(1.0, 0.5, k),
                             layers=[1.0, 0.8, 0.6, 0.4, 0.2], gamma=0.7, rho=3.0)
-    model, smodel = weights.model(cfg.taps), weights.model(cfg.style_taps)
+    model, smodel = weights.model(cfg.taps, pooling), weights.model(cfg.style_taps, pooling)
     seg = segment_styles(approach, k)
     st = engine.segment_targets(smodel, weights.params, styles, seg)
     tg = engine.make_targets(cfg, model, weights.params, content, seg_masks, st)
@@ -168,6 +168,24 @@ def test_winograd_step_matches_torch(weights, images, approach):
     t_value, t_grad = torch_ref.loss_and_grad(init)
     assert abs(t_value - float(info["loss"])) / abs(t_value) < RTOL
     assert rel_err(t_grad, state.opt_state[0]) < RTOL
+
+
+@pytest.mark.parametrize("approach", ["multipass", "locality"])
+def test_average_pooling_step_matches_torch(weights, images, approach):
+    """With average pooling (``--pooling avg``; ``nn.AvgPool2d`` in the reference, a reshape and
+    mean in the JAX model) the two compute the same loss and gradient too, and not those of max
+    pooling."""
+    cfg, lw, model, tg, torch_ref, init = build(weights, images, approach, two_segments(), pooling="avg")
+    assert cfg.pooling == model.pooling == "avg"
+    with jax.default_matmul_precision("highest"):
+        init_fn, update = engine.make_update_fn(cfg, model, optax.chain(record_gradient(), optax.adam(cfg.learning_rate)),
+                                                params=weights.params)
+        state, info = update(init_fn(init), tg, lw)
+    t_value, t_grad = torch_ref.loss_and_grad(init)
+    assert abs(t_value - float(info["loss"])) / abs(t_value) < RTOL
+    assert rel_err(t_grad, state.opt_state[0]) < RTOL
+    max_value, _ = build(weights, images, approach, two_segments())[4].loss_and_grad(init)
+    assert abs(max_value - t_value) / abs(t_value) > 1e-3
 
 
 def test_recorded_gradient_is_value_and_grad_of_the_loss(weights, images):
