@@ -3,7 +3,7 @@
 The public API is what this module exports; everything else may change.
 """
 
-from segstyle_jax import compile_cache
+from segstyle_jax import compile_cache, step_cache
 from segstyle_jax.api import Progress, Result, stylize
 from segstyle_jax.config import APPROACHES, LossWeights, StepConfig
 from segstyle_jax.engine import Targets, make_targets, make_update_fn, optimize, segment_targets
@@ -18,5 +18,5 @@ __all__ = [
     "APPROACHES", "LossWeights", "Progress", "Result", "Segmentation", "StepConfig", "Targets", "VGG", "VGGWeights",
     "WeightsError", "evaluate", "from_color_map", "from_label_map", "from_soft_masks", "layer_names",
     "load_default_weights", "load_segmentation", "load_weights", "make_targets", "make_update_fn", "optimize",
-    "compile_cache", "segment_targets", "stylize",
+    "compile_cache", "segment_targets", "step_cache", "stylize",
 ]

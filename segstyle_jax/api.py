@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, winograd
+from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, step_cache, winograd
 from segstyle_jax import metrics as metrics_lib
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
 from segstyle_jax.weights import VGGWeights, resolve_weights
@@ -70,7 +70,8 @@ class Result:
       terms: per step ``content``, ``style``, ``tv`` and ``per_segment``.
       metrics: quality metrics (:mod:`segstyle_jax.metrics`) or ``None``.
       images: multipass only, the ``K`` uncomposited images ``[K, h, w, 3]``.
-      compile_seconds: time spent compiling the update step (all scales).
+      compile_seconds: time spent compiling the update step (all scales; 0 for a step taken from
+        :mod:`segstyle_jax.step_cache`).
       step_seconds: wall time of every step after the first of each scale.
       stopped: ``"completed"`` or why the run stopped early.
       memory_bytes: XLA's estimate of the largest compiled step's memory (arguments, outputs and
@@ -226,6 +227,9 @@ def stylize(
         scale with few steps or pixels keeps the faster-compiling direct convolution, fewer when
         :mod:`segstyle_jax.compile_cache` is on: :func:`segstyle_jax.winograd.worth_compiling`), ``direct``
         never uses Winograd, ``winograd`` / ``winograd2x2`` use ``F(4x4)`` / ``F(2x2)`` for every layer.
+
+    Each scale's compiled step is kept for later calls in this process with the same shapes and
+    settings (:mod:`segstyle_jax.step_cache`), which then start stepping at once.
     """
     if approach not in APPROACHES:
         raise ValueError(f"approach must be one of {', '.join(APPROACHES)}; got {approach!r}")
@@ -320,8 +324,8 @@ def stylize(
         step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
             steps_per_scale[si], *hw, jax.default_backend(), cached=compile_cache.enabled_dir() is not None) else conv
         shape = (config.num_images, *hw, 3) if approach == "multipass" else (*hw, 3)
-        compiling = pool.submit(_compile_step, config, vgg_weights.model(config.taps, pooling, step_conv),
-                                vgg_weights.params, engine.targets_spec(config, model, vgg_weights.params),
+        compiling = pool.submit(_cached_step, config, vgg_weights.model(config.taps, pooling, step_conv),
+                                vgg_weights, engine.targets_spec(config, model, vgg_weights.params),
                                 loss_weights, np.zeros(shape, np.float32), batch_passes, available)
         targeting = pool.submit(_scale_targets, config, model, vgg_weights, pooling, content_s, seg_s.masks,
                                 [_style_at(s, style_long) for s in style_originals], segment_parts, region_originals)
@@ -454,6 +458,24 @@ def _scale_targets(config: StepConfig, model, vgg_weights: VGGWeights, pooling: 
     style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
                                            styles, seg_styles)
     return engine.make_targets(config, model, vgg_weights.params, content, seg_masks, style_targets)
+
+
+def _cached_step(config: StepConfig, model, vgg_weights: VGGWeights, targets: engine.Targets, weights: LossWeights,
+                 start, batch_passes: bool | None, available: int | None):
+    """:func:`_compile_step`'s result, from :mod:`segstyle_jax.step_cache` when an earlier call in this
+    process compiled the same step (then ``seconds`` is 0) and it fits in ``available`` now. A
+    multipass step split because the batched one did not fit is not kept: that choice depends on the
+    memory of the moment."""
+    key = step_cache.step_key(config, model, step_cache.weights_identity(vgg_weights), targets, weights,
+                              np.shape(start), batch_passes)
+    hit = step_cache.get(key)
+    if hit is not None and engine.fits_in_memory(hit[3], available):
+        init_fn, compiled, _, need, split = hit
+        return init_fn, compiled, 0.0, need, split
+    result = _compile_step(config, model, vgg_weights.params, targets, weights, start, batch_passes, available)
+    if not (result[4] and batch_passes is None):
+        step_cache.put(key, result)
+    return result
 
 
 def _compile_step(config: StepConfig, model, params, targets: engine.Targets, weights: LossWeights, start,

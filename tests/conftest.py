@@ -50,3 +50,24 @@ def tiny_scene():
     stripes = np.stack([(np.sin(np.mgrid[:32, :32][1] / 2) > 0)] * 3, -1).astype(np.float32)
     noise = rng.uniform(0, 1, (32, 32, 3)).astype(np.float32)
     return {"content": content, "labels": labels, "styles": {"0": stripes, "1": noise}}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_step_cache():
+    """Every test starts with an empty in-process step cache: a step an earlier test compiled would
+    otherwise skip the compile (and the functions a test replaces to watch it)."""
+    from segstyle_jax import step_cache
+
+    step_cache.clear()
+    yield
+
+
+@pytest.fixture
+def step_cache_off():
+    """The in-process step cache turned off for one test (every stylize call compiles its steps)."""
+    from segstyle_jax import step_cache
+
+    before = step_cache.stats()["max_entries"]
+    step_cache.set_max_entries(0)
+    yield
+    step_cache.set_max_entries(before)

@@ -70,7 +70,7 @@ def test_bad_input_is_rejected_before_compute(tiny_scene, random_weights, change
         api.stylize(tiny_scene["content"], segments, styles, weights=random_weights, **kw)
 
 
-def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, random_weights, monkeypatch):
+def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, random_weights, monkeypatch, step_cache_off):
     used = []
     make_update_fn = engine.make_update_fn
 
