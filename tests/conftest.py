@@ -71,3 +71,20 @@ def step_cache_off():
     step_cache.set_max_entries(0)
     yield
     step_cache.set_max_entries(before)
+
+
+@pytest.fixture
+def batched_step_too_big(monkeypatch):
+    """``engine.compile_update`` refusing every step of more than one image (``MemoryError``), as if
+    a batched multipass step did not fit; returns the real ``compile_update``."""
+    from segstyle_jax import engine
+
+    compile_update = engine.compile_update
+
+    def small_memory(update, state, targets, weights, config, available_bytes=None):
+        if config.num_images > 1:
+            raise MemoryError("pretend the batched step does not fit")
+        return compile_update(update, state, targets, weights, config, available_bytes)
+
+    monkeypatch.setattr(engine, "compile_update", small_memory)
+    return compile_update

@@ -168,17 +168,7 @@ def test_multipass_split_into_passes_gives_the_batched_result(tiny_scene, random
     assert seen[-1].image().shape == (33, 40, 3)
 
 
-def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, random_weights, monkeypatch):
-    from segstyle_jax import engine
-
-    compile_update = engine.compile_update
-
-    def small_memory(update, state, targets, weights, config, available_bytes=None):
-        if config.num_images > 1:
-            raise MemoryError("pretend the batched step does not fit")
-        return compile_update(update, state, targets, weights, config, available_bytes)
-
-    monkeypatch.setattr(engine, "compile_update", small_memory)
+def test_multipass_runs_pass_by_pass_when_the_batch_does_not_fit(tiny_scene, random_weights, batched_step_too_big):
     seen = []
     r = run(tiny_scene, random_weights, approach="multipass", compute_metrics=False, callback=seen.append)
     assert {p.num_passes for p in seen} == {2} and r.images.shape == (2, 33, 40, 3) and len(r.losses) == 3

@@ -78,20 +78,12 @@ def test_size_limit_and_off(tiny_scene, random_weights):
             step_cache.set_max_entries(bad)
 
 
-def test_a_step_split_for_lack_of_memory_is_not_kept(tiny_scene, random_weights, monkeypatch):
+def test_a_step_split_for_lack_of_memory_is_not_kept(tiny_scene, random_weights, monkeypatch, batched_step_too_big):
     from segstyle_jax import engine
 
-    compile_update = engine.compile_update
-
-    def small_memory(update, state, targets, weights, config, available_bytes=None):
-        if config.num_images > 1:
-            raise MemoryError("pretend the batched step does not fit")
-        return compile_update(update, state, targets, weights, config, available_bytes)
-
-    monkeypatch.setattr(engine, "compile_update", small_memory)
     split = run(tiny_scene, random_weights, approach="multipass")
     assert split.num_passes == 2 and step_cache.stats()["entries"] == 0
-    monkeypatch.setattr(engine, "compile_update", compile_update)  # memory "freed": now it batches
+    monkeypatch.setattr(engine, "compile_update", batched_step_too_big)  # memory "freed": now it batches
     assert run(tiny_scene, random_weights, approach="multipass").num_passes == 1
     # a cached step that no longer fits in what is available is compiled again (and refused)
     monkeypatch.setattr(engine, "available_memory_bytes", lambda: 1 << 20)
