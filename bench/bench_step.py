@@ -6,10 +6,10 @@
         --optimizers adam lbfgs --steps 10 --jsonl bench.jsonl [--torch-compile] [--breakdown]
 
 For every configuration (image size x segments x approach x optimizer x ``--conv`` x ``--pooling``)
-both implementations get the
-same inputs in one process: the real default VGG16 weights, skimage's astronaut as the content,
-hubble_deep_field / brick / coffee / chelsea as the styles of segments 1..4, and K vertical bands
-(``--masks hbands``: horizontal; ``ellipse``: an ellipse around the astronaut plus bands) as masks.
+both implementations get the same inputs in one process: the real default VGG16 weights, skimage's
+astronaut as the content, hubble_deep_field / brick / coffee / chelsea as the styles of segments
+1..4, and K vertical bands (``--masks hbands``: horizontal; ``ellipse``: an ellipse around the
+astronaut plus bands) as masks.
 Both start from the content image. JAX runs the engine's own ``make_update_fn`` step (with the
 convolution algorithm(s) of ``--conv``; the default ``auto`` is what ``stylize`` compiles for a stage
 of a few hundred steps), compiled ahead

@@ -469,11 +469,13 @@ def _cached_step(config: StepConfig, model, vgg_weights: VGGWeights, targets: en
     key = step_cache.step_key(config, model, step_cache.weights_identity(vgg_weights), targets, weights,
                               np.shape(start), batch_passes)
     hit = step_cache.get(key)
-    if hit is not None and engine.fits_in_memory(hit[3], available):
+    if hit is not None:
         init_fn, compiled, _, need, split = hit
-        return init_fn, compiled, 0.0, need, split
+        if engine.fits_in_memory(need, available):
+            return init_fn, compiled, 0.0, need, split
     result = _compile_step(config, model, vgg_weights.params, targets, weights, start, batch_passes, available)
-    if not (result[4] and batch_passes is None):
+    split = result[4]
+    if not (split and batch_passes is None):
         step_cache.put(key, result)
     return result
 

@@ -7,8 +7,9 @@ that is 1.5-2 s of CPU per scale at 256 px on the 2-core benchmark CPU (README "
 in the same process whose scale has the same shapes and settings (a notebook, a script stylizing a
 folder of photos of one size) takes the compiled step from here and starts at once.
 
-An entry holds the compiled program and the variables bound to it: 100-300 MB of device memory at
-256 px, most of it the Winograd transforms. Only the :data:`MAX_ENTRIES` most recently used are
+An entry holds the compiled program and the variables bound to it: the kernels, their flipped
+copies and the Winograd transforms of its scale's plan (measured with the default VGG16: 76, 215 and
+240 MB of device memory for steps at 64, 128 and 256 px). Only the :data:`MAX_ENTRIES` most recently used are
 kept; :func:`set_max_entries` changes that (0 turns the cache off) and :func:`clear` empties it.
 
 The key is everything the program or its bound variables depend on (:func:`step_key`): the
