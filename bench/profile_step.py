@@ -18,9 +18,10 @@ task of its thread pool. After ``--warmup`` steps, ``--steps`` steps run under `
   loop between steps, but also work it does not trace (the ``end: ...`` events mark asynchronous
   ops, whose work may continue past their own event), so a gap is not necessarily idle time.
 
-On the 2-core benchmark CPU 33-37% of a step at 128-512 px fell in gaps (speed notes); what they
-hold was not settled. CPU only: on a GPU the trace has other event names (use the XLA/Perfetto
-tools there).
+On the 2-core benchmark CPU 33-37% of a step at 128-512 px fell in gaps, while low-priority busy
+loops beside the steps found only about 5% of the cores idle (speed notes): the gaps are mostly
+untraced work or spin-waiting. CPU only: on a GPU the trace has other event names (use the
+XLA/Perfetto tools there).
 """
 
 from __future__ import annotations
