@@ -24,6 +24,7 @@ taken to be immutable once loaded: a caller who changes a loaded ``params`` arra
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable
@@ -63,13 +64,23 @@ def _shapes(tree) -> Hashable:
     return treedef, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
 
 
+def _canonical(config):
+    """``config`` with the settings its optimizer ignores at their defaults: ``lbfgs_memory`` for
+    Adam, ``learning_rate`` for both L-BFGS (:func:`segstyle_jax.engine.make_optimizer`), so that
+    changing one of them does not miss the cache."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    ignored = ("lbfgs_memory",) if config.optimizer == "adam" else ("learning_rate",)
+    return dataclasses.replace(config, **{name: defaults[name] for name in ignored})
+
+
 def step_key(config, model, weights_id: Hashable, targets, loss_weights, start_shape, batch_passes) -> Hashable:
-    """The cache key of one scale's step: ``config`` (:class:`~segstyle_jax.config.StepConfig`),
-    ``model`` (:class:`~segstyle_jax.vgg.VGG`), ``weights_id`` (:func:`weights_identity`),
-    ``targets`` and ``loss_weights`` (arrays or shape structs: only shapes and dtypes count), the
-    start image's shape and ``batch_passes`` (``True``/``False``/``None``)."""
+    """The cache key of one scale's step: ``config`` (:class:`~segstyle_jax.config.StepConfig`; the
+    settings its optimizer ignores do not count), ``model`` (:class:`~segstyle_jax.vgg.VGG`),
+    ``weights_id`` (:func:`weights_identity`), ``targets`` and ``loss_weights`` (arrays or shape
+    structs: only shapes and dtypes count), the start image's shape and ``batch_passes``
+    (``True``/``False``/``None``)."""
     settings = (model.arch, tuple(model.taps), model.pooling, tuple(model.mean), tuple(model.std), model.conv)
-    return (config, settings, weights_id, _shapes(targets), _shapes(loss_weights), tuple(start_shape),
+    return (_canonical(config), settings, weights_id, _shapes(targets), _shapes(loss_weights), tuple(start_shape),
             batch_passes, jax.default_backend())
 
 

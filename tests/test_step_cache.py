@@ -27,8 +27,17 @@ def test_loss_weights_are_arguments_but_shapes_and_settings_are_keys(tiny_scene,
     heavier = run(tiny_scene, random_weights, style_weight=1e4)  # the same compiled step, other numbers
     assert step_cache.stats()["hits"] == 1
     assert heavier.losses[0] != base.losses[0]
+    # settings the optimizer ignores do not count: L-BFGS pairs for Adam, the learning rate for L-BFGS
+    again = run(tiny_scene, random_weights, lbfgs_memory=20)
+    assert step_cache.stats()["hits"] == 2 and again.losses == base.losses
+    fixed = run(tiny_scene, random_weights, optimizer="lbfgs-fixed")
+    fixed_lr = run(tiny_scene, random_weights, optimizer="lbfgs-fixed", learning_rate=0.5)
+    assert step_cache.stats()["hits"] == 3 and fixed_lr.losses == fixed.losses
+    run(tiny_scene, random_weights, optimizer="lbfgs-fixed", lbfgs_memory=3)  # counts for L-BFGS
+    run(tiny_scene, random_weights, learning_rate=0.05)  # counts for Adam
+    assert step_cache.stats()["hits"] == 3
     # recompiled for each: another size, optimizer, approach, pooling, convolution, number of segments
-    for change in (dict(size=32), dict(optimizer="lbfgs-fixed"), dict(approach="locality"), dict(pooling="avg"),
+    for change in (dict(size=32), dict(optimizer="lbfgs"), dict(approach="locality"), dict(pooling="avg"),
                    dict(conv="winograd")):
         misses = step_cache.stats()["misses"]
         r = run(tiny_scene, random_weights, **change)
