@@ -47,8 +47,9 @@ import numpy as np
 import optax
 
 from segstyle_jax import losses, masks as masks_lib
+from segstyle_jax.device_variables import device_variables
 from segstyle_jax.config import LossWeights, StepConfig
-from segstyle_jax.vgg import VGG, conv_algorithms, layer_names, prepared_variables
+from segstyle_jax.vgg import VGG, conv_algorithms, layer_names
 
 
 @flax.struct.dataclass
@@ -299,7 +300,8 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     image size (:func:`segstyle_jax.vgg.conv_algorithms`), their Winograd transforms
     (:func:`segstyle_jax.vgg.prepared_variables`), and passed
     to the program as a bound last argument (:class:`BoundStep`), so the step derives nothing from
-    the kernels at run time. Compiled into the program as constants instead, they made it 80 MB of
+    the kernels at run time. Steps built from the same host arrays share those device arrays
+    (:mod:`segstyle_jax.device_variables`). Compiled into the program as constants instead, they made it 80 MB of
     StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent cache
     (:mod:`segstyle_jax.compile_cache`); step times are in the README ("Speed").
     """
@@ -309,7 +311,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     run = names[: max(names.index(t) for t in model.taps) + 1]  # the layers the model computes
     params = {name: jax.tree.map(lambda a: np.asarray(a, np.float32), p) for name, p in params.items() if name in run}
     plan = conv_algorithms(model.arch, model.conv, config.height, config.width, jax.default_backend())
-    variables = jax.device_put({"params": params, "prepared": prepared_variables(params, plan)})
+    variables = device_variables(params, plan)  # shared with the steps of other scales (its docstring)
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 

@@ -9,7 +9,8 @@ folder of photos of one size) takes the compiled step from here and starts at on
 
 An entry holds the compiled program and the variables bound to it: the kernels, their flipped
 copies and the Winograd transforms of its scale's plan (measured with the default VGG16: 76, 215 and
-240 MB of device memory for steps at 64, 128 and 256 px). Only the :data:`MAX_ENTRIES` most recently used are
+240 MB for steps at 64, 128 and 256 px, 260 MB for the three together: the steps share the arrays
+they have in common, :mod:`segstyle_jax.device_variables`). Only the :data:`MAX_ENTRIES` most recently used are
 kept; :func:`set_max_entries` changes that (0 turns the cache off) and :func:`clear` empties it.
 
 The key is everything the program or its bound variables depend on (:func:`step_key`): the
