@@ -26,7 +26,8 @@ import numpy as np
 
 from segstyle_jax import winograd
 
-_lock = threading.Lock()
+# re-entrant: a garbage collection inside a locked section may run _forget on this thread
+_lock = threading.RLock()
 _memo: dict[tuple[int, str], dict[str, weakref.ref]] = {}
 _watched: set[int] = set()  # ids of the host arrays a finalizer watches
 
