@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from bench.bench_step import make_inputs  # noqa: E402
-from segstyle_jax import engine  # noqa: E402
+from segstyle_jax import engine, winograd  # noqa: E402
 from segstyle_jax.config import APPROACHES, OPTIMIZERS, LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -118,7 +119,7 @@ def main(argv=None):
     p.add_argument("--segments", type=int, default=2)
     p.add_argument("--approach", default="locality", choices=APPROACHES)
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    p.add_argument("--conv", default="auto")
+    p.add_argument("--conv", default="auto", choices=winograd.ALGORITHMS)
     p.add_argument("--steps", type=int, default=5, help="traced steps (default 5)")
     p.add_argument("--warmup", type=int, default=5, help="untraced steps before (default 5)")
     p.add_argument("--kinds", type=int, default=25, help="op kinds listed (default 25)")
@@ -137,8 +138,7 @@ def main(argv=None):
     targets = engine.make_targets(cfg, weights.model(cfg.taps), weights.params, content, masks,
                                   engine.segment_targets(weights.model(cfg.style_taps), weights.params, styles, seg))
     init, update = engine.make_update_fn(cfg, weights.model(cfg.taps, conv=args.conv), params=weights.params)
-    x0 = [content] * args.segments if args.approach == "multipass" else content
-    state = init(jax.numpy.stack(x0) if args.approach == "multipass" else x0)
+    state = init(np.stack([content] * args.segments) if args.approach == "multipass" else content)
     options = {**engine.compiler_options(), "xla_cpu_enable_xprof_traceme": True}
     compiled = update.lower(state, targets, lw).compile(compiler_options=options)
 

@@ -47,8 +47,8 @@ import numpy as np
 import optax
 
 from segstyle_jax import losses, masks as masks_lib
-from segstyle_jax.device_variables import device_variables
 from segstyle_jax.config import LossWeights, StepConfig
+from segstyle_jax.device_variables import device_variables
 from segstyle_jax.vgg import VGG, conv_algorithms, layer_names
 
 
@@ -301,9 +301,9 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     (:func:`segstyle_jax.vgg.prepared_variables`), and passed
     to the program as a bound last argument (:class:`BoundStep`), so the step derives nothing from
     the kernels at run time. Steps built from the same host arrays share those device arrays
-    (:mod:`segstyle_jax.device_variables`). Compiled into the program as constants instead, they made it 80 MB of
-    StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent cache
-    (:mod:`segstyle_jax.compile_cache`); step times are in the README ("Speed").
+    (:mod:`segstyle_jax.device_variables`). Compiled into the program as constants instead, they
+    made it 80 MB of StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent
+    cache (:mod:`segstyle_jax.compile_cache`); step times are in the README ("Speed").
     """
     if tuple(model.taps) != config.taps:
         raise ValueError(f"model taps {model.taps} differ from the config's {config.taps}")
