@@ -58,7 +58,12 @@ Memory allocation is the same for both: by default (``--malloc keep``) the proce
 ``segstyle_jax.host_memory.keep_freed_memory()``, as the ``segstyle`` command does, so neither
 framework page-faults its freed buffers in again at every step (both got faster with it: XLA frees
 its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--malloc glibc`` leaves
-glibc's malloc as it is. ``malloc_keeps_freed_memory`` in every row says which.
+glibc's malloc as it is. ``malloc_keeps_freed_memory`` and ``malloc_one_arena`` in every row say
+which. Like the command, the setting depends on the size of the steps (one heap for all threads
+only when the largest step is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it
+binds the process's threads for good, so every size runs in a fresh child process of its own,
+with the peak measured once by the parent (``--one-process`` runs them all in one, with the setting
+for the largest; rows later in one process also ran a few percent slower than alone).
 
 ``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
 (no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
@@ -73,6 +78,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -156,12 +162,14 @@ def environment() -> dict:
         "jax_devices": len(jax.devices()),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "pid": os.getpid(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "xla_compile_options": engine.compiler_options(),
         "malloc_keeps_freed_memory": host_memory.is_applied(),
+        "malloc_one_arena": host_memory.one_arena(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
@@ -594,6 +602,33 @@ def breakdown_markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def step_pixels(size: int, segments, approaches) -> int:
+    """Pixels x images of the largest step among the rows of one size (what the ``segstyle`` command
+    passes to :func:`segstyle_jax.host_memory.keep_freed_memory` for its size)."""
+    return size * size * (max(segments) if "multipass" in approaches else 1)
+
+
+def run_sizes_apart(argv: list[str], args, busy: float) -> list[dict]:
+    """Run every size in a fresh child process (this script with ``--child-size``), passing the peak
+    measured here; its rows (JSON lines on its stdout) are echoed and collected, its stderr passes
+    through. A child that fails stops the run."""
+    peak = measure_peak(args.peak_n or 4096, reps=5)
+    print(f"# peak {peak['peak_gflops']:.0f} GFLOP/s from {peak['peak_source']} {peak['peak_all_gflops']}",
+          file=sys.stderr, flush=True)
+    rows = []
+    for size in args.sizes:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child-size", str(size),
+               "--child-peak", json.dumps(peak), "--child-busy", str(busy)]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as child:
+            for line in child.stdout:
+                if line.startswith("{"):
+                    print(line, end="", flush=True)
+                    rows.append(json.loads(line))
+        if child.returncode != 0:
+            raise SystemExit(f"the child process for {size} px failed (exit {child.returncode})")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="64 and 128 px, K 1 and 2, blended + multipass, adam, 3 steps")
@@ -617,36 +652,89 @@ def main(argv=None):
     p.add_argument("--breakdown", action="store_true", help="also time VGG forward / backward / loss parts")
     p.add_argument("--breakdown-reps", type=int, default=3)
     p.add_argument("--malloc", default="keep", choices=("keep", "glibc"),
-                   help="keep: segstyle_jax.host_memory.keep_freed_memory() for this process, so for both frameworks, "
-                        "as the segstyle command runs (freed buffers are reused, not faulted in again every step); "
-                        "glibc: its malloc as it is (default: keep)")
+                   help="keep: segstyle_jax.host_memory.keep_freed_memory() for both frameworks, as the segstyle "
+                        "command runs (freed buffers are reused, not faulted in again every step; one heap for all "
+                        "threads when the size's largest step is above 256x256 pixels x images); glibc: its malloc "
+                        "as it is (default: keep)")
+    p.add_argument("--one-process", action="store_true",
+                   help="run all sizes in this process (default: each size in a fresh child process, with the "
+                        "malloc settings the segstyle command picks for that size)")
+    p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)   # a child: this size only
+    p.add_argument("--child-peak", help=argparse.SUPPRESS)             # a child: the parent's peak (JSON)
+    p.add_argument("--child-busy", type=float, help=argparse.SUPPRESS)  # a child: the parent's CPU busy % at start
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
-    if args.malloc == "keep":  # before any JAX or torch work: it binds threads that have not allocated yet
-        host_memory.keep_freed_memory()
     if args.quick:
         args.sizes, args.segments = [64, 128], [1, 2]
         args.approaches, args.optimizers = ["blended", "multipass"], ["adam"]
         args.steps = args.steps or 3
         args.peak_n = args.peak_n or 2048
     args.steps = args.steps or 5
+    child = args.child_size is not None
+    if child:
+        args.sizes = [args.child_size]
+    apart = len(args.sizes) > 1 and not args.one_process  # the rows run in child processes
+    if args.malloc == "keep" and not apart:  # before any JAX or torch work: it binds threads that have not allocated yet
+        host_memory.keep_freed_memory(step_pixels(max(args.sizes), args.segments, args.approaches))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
     t_start = time.perf_counter()
-    env = environment()
-    env["cpu_busy_at_start_pct"] = busy = machine_busy_pct()
+    busy = machine_busy_pct() if not child else args.child_busy
     if busy > 10:
         print(f"# WARNING: the CPU was {busy:.0f}% busy before this benchmark started: other processes compete for "
               f"the cores and distort timings (PyTorch's OpenMP threads most); watch the CPU util columns",
               file=sys.stderr)
-    peak = measure_peak(args.peak_n or 4096, reps=5)
-    print(f"# {env['device']} ({env['cpu']}, {env['cpu_count']} cpus); peak {peak['peak_gflops']:.0f} GFLOP/s "
-          f"from {peak['peak_source']} {peak['peak_all_gflops']}", file=sys.stderr, flush=True)
+    out = open(args.jsonl, "a") if args.jsonl and not child else None
+    try:
+        if apart:
+            rows = run_sizes_apart(argv, args, busy)
+            for row in rows:
+                if out:
+                    out.write(json.dumps(row, default=float) + "\n")
+        else:
+            rows = run_rows(args, busy, out)
+    finally:
+        if out:
+            out.close()
+    if child:
+        return rows
+    if not rows:
+        return rows
+    env = rows[0]
+    v, peak = env["versions"], {k: env[k] for k in ("peak_gflops", "peak_source")}
+    arenas = {r["size"]: r["malloc_one_arena"] for r in rows}
+    malloc = (f"keep_freed_memory (one heap at {', '.join(str(s) for s, one in arenas.items() if one) or '-'} px, "
+              f"per-thread arenas at {', '.join(str(s) for s, one in arenas.items() if not one) or '-'} px)"
+              if env["malloc_keeps_freed_memory"] else "glibc's defaults")
+    print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
+          f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
+          f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
+          f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
+          f"{'each size in its own process' if apart else 'one process'} | "
+          f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
+    print(markdown(rows))
+    extra = breakdown_markdown(rows)
+    if extra:
+        print("\n" + extra)
+    return rows
+
+
+def run_rows(args, busy: float, out) -> list[dict]:
+    """Every row of ``args`` in this process -> the rows (each printed as a JSON line, and written to
+    ``out`` if given)."""
+    env = environment()
+    env["cpu_busy_at_start_pct"] = busy
+    if args.child_peak:
+        peak = json.loads(args.child_peak)
+    else:
+        peak = measure_peak(args.peak_n or 4096, reps=5)
+        print(f"# {env['device']} ({env['cpu']}, {env['cpu_count']} cpus); peak {peak['peak_gflops']:.0f} GFLOP/s "
+              f"from {peak['peak_source']} {peak['peak_all_gflops']}", file=sys.stderr, flush=True)
     weights = load_default_weights()
     jparams = jax.tree.map(jnp.asarray, weights.params)  # on the device once, not per step
     sampler = RssSampler()
     rows = []
-    out = open(args.jsonl, "a") if args.jsonl else None
     try:
         for size in args.sizes:
             for k in args.segments:
@@ -664,18 +752,6 @@ def main(argv=None):
                                 rows.append(row)
     finally:
         sampler.close()
-        if out:
-            out.close()
-    v = env["versions"]
-    print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
-          f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
-          f"malloc keeps freed memory: {env['malloc_keeps_freed_memory']} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
-          f"torch {v['torch']} | CPU {env['cpu_busy_at_start_pct']:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
-          f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
-    print(markdown(rows))
-    extra = breakdown_markdown(rows)
-    if extra:
-        print("\n" + extra)
     return rows
 
 

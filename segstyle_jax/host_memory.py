@@ -6,13 +6,19 @@ is freed, in three ways, so every step starts by page-faulting and zeroing all o
 2.5 GB/s on the 2-core benchmark CPU, a fifth of its copy bandwidth): blocks above 32 MB come from a
 fresh ``mmap``; a worker thread's arena cannot hold a block above 64 MB at all, so those are
 mmapped whatever the thresholds say; and the top of the heap is trimmed once it passes the trim
-threshold. :func:`keep_freed_memory` closes all three with ``mallopt``: ``M_MMAP_MAX = 0`` (large
-blocks come from the heap), ``M_ARENA_MAX = 1`` (every thread allocates from the main heap, which
-has no size limit) and ``M_TRIM_THRESHOLD = -1`` (never trim: freed memory stays for the next step;
-a 2 GiB threshold still let a 512 px multipass step with K = 2, whose heap top passes 2 GiB, fault
-its 1.2 GB temp buffer in again every time). Measured (``bench/bench_malloc.py``, fresh processes,
-K = 2): page faults per step 16-33x fewer at 128-512 px; whether the step gets faster depends on
-the CPU (README "Speed" has the step times).
+threshold. :func:`keep_freed_memory` closes them with ``mallopt``: ``M_MMAP_MAX = 0`` (large
+blocks come from the heap), ``M_TRIM_THRESHOLD = -1`` (never trim: freed memory stays for the next
+step; a 2 GiB threshold still let a 512 px multipass step with K = 2, whose heap top passes 2 GiB,
+fault its 1.2 GB temp buffer in again every time) and, for processes whose largest step is large
+(``step_pixels`` above :data:`ONE_ARENA_PIXELS`), ``M_ARENA_MAX = 1``: every thread allocates from
+the main heap, which has no size limit, so a worker thread's temp buffer above 64 MB is kept too.
+One heap has one lock, though, and XLA's worker threads allocate and free throughout a step: at
+128 px they wait for each other on it (measured on the 2-core Xeon, fresh processes, JAX alone,
+locality K = 2, the median step of each run: 83-95 ms with one heap against 65-70 ms with glibc's
+per-thread arenas and 72-79 ms with glibc's defaults), while at 512 px the kept 480 MB temp buffer
+wins (860-880 ms against 922-932 and 927-989) and at 256 px they are even (234-247, 236-247,
+233-240 ms). So small steps keep the per-thread arenas and only large ones get one heap. Page faults per step with
+one heap (``bench/bench_malloc.py``): 16-33x fewer at 128-512 px.
 
 What it keeps is whatever was freed, so memory that setup used once (XLA compiling a large step,
 the targets' forward passes) stays mapped next to the step's own buffers, which cannot always reuse
@@ -27,7 +33,8 @@ with large blocks mmapped as by default. Measured at 2048 px, blended, K = 2: pe
 when setup kept its blocks, 9.1 now, 9.7 with glibc's defaults (``bench/bench_memory.py``).
 
 It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
-allocated yet, so call it first, before any JAX computation. The library never calls it on its own
+allocated yet, so call it first, before any JAX computation, with the size of the largest step the
+process will run. The library never calls it on its own
 (``stylize`` only switches ``M_MMAP_MAX``, as above, where it is in effect): the ``segstyle``
 command does, and programs that call :func:`segstyle_jax.api.stylize` may. The cost: the process
 keeps the peak of its heap until it exits.
@@ -43,14 +50,22 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _NEVER = -1  # for M_TRIM_THRESHOLD: never trim (mallopt(3))
 
+ONE_ARENA_PIXELS = 256 * 256  # steps above this many pixels (x images) run with one heap, see above
+
 _applied = False
+_one_arena = False
 _libc = None  # the C library, loaded by keep_freed_memory once it has a mallopt
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(step_pixels: int | None = None) -> bool:
     """Apply the settings above once per process; ``True`` if they are in effect (glibc only:
-    elsewhere, e.g. macOS or musl, nothing changes and ``False`` is returned)."""
-    global _applied, _libc
+    elsewhere, e.g. macOS or musl, nothing changes and ``False`` is returned).
+
+    ``step_pixels``: pixels x images of the largest step the process will run (``h * w``, times
+    ``K`` for a batched multipass); above :data:`ONE_ARENA_PIXELS`, or ``None`` (unknown), all
+    threads share one heap (``M_ARENA_MAX = 1``), else they keep glibc's per-thread arenas
+    (:func:`one_arena` tells which). A second call changes nothing."""
+    global _applied, _one_arena, _libc
     if _applied:
         return True
     try:
@@ -59,10 +74,18 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = all(mallopt(option, value) for option, value in
-                   ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _NEVER)))
+    one = uses_one_arena(step_pixels)
+    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER)] + ([(_M_ARENA_MAX, 1)] if one else [])
+    _applied = all(mallopt(option, value) for option, value in settings)
+    _one_arena = one and _applied
     _libc = libc if _applied else None
     return _applied
+
+
+def uses_one_arena(step_pixels: int | None) -> bool:
+    """Whether :func:`keep_freed_memory` gives a process whose largest step has ``step_pixels``
+    pixels (x images; ``None``: unknown) one heap for all threads: above :data:`ONE_ARENA_PIXELS`."""
+    return step_pixels is None or step_pixels > ONE_ARENA_PIXELS
 
 
 def release_freed_memory() -> bool:
@@ -106,3 +129,8 @@ def before_step(need_bytes: int | None, available_bytes: int | None) -> bool | N
 def is_applied() -> bool:
     """Whether :func:`keep_freed_memory` took effect in this process."""
     return _applied
+
+
+def one_arena() -> bool:
+    """Whether :func:`keep_freed_memory` took effect with one heap for all threads (``M_ARENA_MAX = 1``)."""
+    return _one_arena

@@ -1,5 +1,6 @@
 """keep_freed_memory: with it, a freed large block stays in the process (also one a worker thread
-allocated, whose arena cannot hold blocks above 64 MB); without it, glibc unmaps it."""
+allocated, whose arena cannot hold blocks above 64 MB, when the process's steps are large and all
+threads share one heap); without it, glibc unmaps it."""
 
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import pytest
 CODE = """
 import os, sys, threading
 from segstyle_jax import host_memory
-applied = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
+step_pixels = None if sys.argv[3] == "unknown" else int(sys.argv[3])
+applied = host_memory.keep_freed_memory(step_pixels) if sys.argv[1] == "keep" else False
 assert host_memory.is_applied() == applied
+assert host_memory.one_arena() == (applied and host_memory.uses_one_arena(step_pixels))
 import numpy as np
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -29,18 +32,39 @@ print(applied, rss_mb() - before)
 """
 
 
+def freed_block_kept(mode: str, where: str, step_pixels: str = "unknown") -> tuple[bool, float]:
+    """In a fresh process: ``(keep_freed_memory applied, MB still mapped after a large block was freed)``."""
+    out = subprocess.run([sys.executable, "-c", CODE, mode, where, step_pixels], capture_output=True, text=True,
+                         check=True)
+    applied, grown = out.stdout.split()
+    return applied == "True", float(grown)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_freed_memory_is_kept_only_when_asked(where):
-    kept = {}
-    for mode in ("keep", "default"):
-        out = subprocess.run([sys.executable, "-c", CODE, mode, where], capture_output=True, text=True, check=True)
-        applied, grown = out.stdout.split()
-        kept[mode] = (applied == "True", float(grown))
+    kept = {mode: freed_block_kept(mode, where) for mode in ("keep", "default")}
     if not kept["keep"][0]:
         pytest.skip("the C library has no mallopt (not glibc)")
     assert kept["keep"][1] > 48        # the block is still mapped after del
     assert kept["default"][1] < 16     # glibc gave it back (it was mmapped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_small_steps_keep_per_thread_arenas():
+    from segstyle_jax import host_memory
+
+    small = str(host_memory.ONE_ARENA_PIXELS)  # 256 x 256: the largest that keeps per-thread arenas
+    assert not host_memory.uses_one_arena(host_memory.ONE_ARENA_PIXELS)
+    assert host_memory.uses_one_arena(host_memory.ONE_ARENA_PIXELS + 1) and host_memory.uses_one_arena(None)
+    applied, main_kept = freed_block_kept("keep", "main", small)
+    if not applied:
+        pytest.skip("the C library has no mallopt (not glibc)")
+    _, thread_kept = freed_block_kept("keep", "thread", small)
+    _, thread_kept_large = freed_block_kept("keep", "thread", str(host_memory.ONE_ARENA_PIXELS + 1))
+    assert main_kept > 48            # the main heap keeps it either way
+    assert thread_kept < 16          # a worker thread's own arena cannot hold 96 MB: mmapped, given back
+    assert thread_kept_large > 48    # with one heap for all threads it stays
 
 
 PRELUDE = """
