@@ -59,11 +59,12 @@ Memory allocation is the same for both: by default (``--malloc keep``) the proce
 framework page-faults its freed buffers in again at every step (both got faster with it: XLA frees
 its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--malloc glibc`` leaves
 glibc's malloc as it is. ``malloc_keeps_freed_memory`` and ``malloc_one_arena`` in every row say
-which. Like the command, the setting depends on the size of the steps (one heap for all threads
-only when the largest step is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it
-binds the process's threads for good, so every size runs in a fresh child process of its own,
-with the peak measured once by the parent (``--one-process`` runs them all in one, with the setting
-for the largest; rows later in one process also ran a few percent slower than alone).
+which. Like the command, the setting depends on the size of the step (one heap for all threads only
+when it is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it binds the process's
+threads for good, so the rows of each size run in a fresh child process, two where some of its rows
+get one heap and others not (the parent measures the peak once and prints the table in its order).
+``--one-process`` runs them all in one, with the setting for the largest step; rows run later in
+one process also measured a few percent slower than alone.
 
 ``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
 (no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
@@ -561,11 +562,18 @@ def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
 # output
 
 
+def malloc_mode(row) -> str:
+    """A row's malloc setting in a word: ``one heap``, ``arenas`` (keep_freed_memory either way) or ``glibc``."""
+    if not row.get("malloc_keeps_freed_memory"):
+        return "glibc"
+    return "one heap" if row.get("malloc_one_arena") else "arenas"
+
+
 def markdown(rows) -> str:
     head = ("| size | K | approach | opt | conv | pool | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
             "| PyTorch step s med (min-max) "
             "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step RSS MB JAX / PyTorch "
-            "| XLA temp MB | CPU util JAX / PyTorch / others | loss0 rel diff |")
+            "| XLA temp MB | CPU util JAX / PyTorch / others | malloc | loss0 rel diff |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -577,7 +585,7 @@ def markdown(rows) -> str:
             f"| {r['ratio']:.2f} | {r['gflop_per_step']:.1f} "
             f"| {r['jax_gflops']:.0f} ({r['jax_pct_peak']:.0f}%) | {r['torch_gflops']:.0f} ({r['torch_pct_peak']:.0f}%) "
             f"| {r['jax_step_rss_mb']:.0f} / {r['torch_step_rss_mb']:.0f} | {r.get('jax_xla_temp_mb', float('nan')):.0f} "
-            f"| {r['jax_cpu_util']:.2f} / {r['torch_cpu_util']:.2f} / {r['others_cpu_util']:.2f} "
+            f"| {r['jax_cpu_util']:.2f} / {r['torch_cpu_util']:.2f} / {r['others_cpu_util']:.2f} | {malloc_mode(r)} "
             f"| {r['loss0_rel_diff']:.1e} |")
     return "\n".join(lines)
 
@@ -602,23 +610,38 @@ def breakdown_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def step_pixels(size: int, segments, approaches) -> int:
-    """Pixels x images of the largest step among the rows of one size (what the ``segstyle`` command
-    passes to :func:`segstyle_jax.host_memory.keep_freed_memory` for its size)."""
-    return size * size * (max(segments) if "multipass" in approaches else 1)
+def row_pixels(size: int, k: int, approach: str) -> int:
+    """Pixels x images of a row's step: what the ``segstyle`` command passes to
+    :func:`segstyle_jax.host_memory.keep_freed_memory` for it (``K`` images for multipass)."""
+    return size * size * (k if approach == "multipass" else 1)
 
 
-def run_sizes_apart(argv: list[str], args, busy: float) -> list[dict]:
-    """Run every size in a fresh child process (this script with ``--child-size``), passing the peak
-    measured here; its rows (JSON lines on its stdout) are echoed and collected, its stderr passes
-    through. A child that fails stops the run."""
+def process_groups(args) -> list[tuple[int, list[tuple[int, str]]]]:
+    """The rows as ``(size, [(K, approach), ...])`` groups, one per process: per size, the rows whose
+    steps get one heap for all threads and those that keep per-thread arenas
+    (:func:`segstyle_jax.host_memory.uses_one_arena`), each as the ``segstyle`` command would run it."""
+    groups = []
+    for size in args.sizes:
+        by_heap = {}
+        for k in args.segments:
+            for approach in args.approaches:
+                by_heap.setdefault(host_memory.uses_one_arena(row_pixels(size, k, approach)), []).append((k, approach))
+        groups += [(size, pairs) for pairs in by_heap.values()]
+    return groups
+
+
+def run_groups_apart(argv: list[str], args, busy: float) -> list[dict]:
+    """Run every :func:`process_groups` group in a fresh child process (this script with
+    ``--child-size`` and ``--child-rows``), passing the peak measured here; its rows (JSON lines on
+    its stdout) are echoed and collected, its stderr passes through, and the rows are returned in the
+    table's order. A child that fails stops the run."""
     peak = measure_peak(args.peak_n or 4096, reps=5)
     print(f"# peak {peak['peak_gflops']:.0f} GFLOP/s from {peak['peak_source']} {peak['peak_all_gflops']}",
           file=sys.stderr, flush=True)
     rows = []
-    for size in args.sizes:
+    for size, pairs in process_groups(args):
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child-size", str(size),
-               "--child-peak", json.dumps(peak), "--child-busy", str(busy)]
+               "--child-rows", json.dumps(pairs), "--child-peak", json.dumps(peak), "--child-busy", str(busy)]
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as child:
             for line in child.stdout:
                 if line.startswith("{"):
@@ -626,7 +649,9 @@ def run_sizes_apart(argv: list[str], args, busy: float) -> list[dict]:
                     rows.append(json.loads(line))
         if child.returncode != 0:
             raise SystemExit(f"the child process for {size} px failed (exit {child.returncode})")
-    return rows
+    order = lambda r: (args.sizes.index(r["size"]), args.segments.index(r["segments"]),  # noqa: E731
+                       args.approaches.index(r["approach"]))
+    return sorted(rows, key=order)  # stable: optimizers, convolutions and poolings keep their order
 
 
 def main(argv=None):
@@ -657,9 +682,10 @@ def main(argv=None):
                         "threads when the size's largest step is above 256x256 pixels x images); glibc: its malloc "
                         "as it is (default: keep)")
     p.add_argument("--one-process", action="store_true",
-                   help="run all sizes in this process (default: each size in a fresh child process, with the "
-                        "malloc settings the segstyle command picks for that size)")
+                   help="run all rows in this process (default: each size in a fresh child process, two where its "
+                        "rows' steps get different malloc settings from the segstyle command)")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)   # a child: this size only
+    p.add_argument("--child-rows", help=argparse.SUPPRESS)             # a child: these [K, approach] only (JSON)
     p.add_argument("--child-peak", help=argparse.SUPPRESS)             # a child: the parent's peak (JSON)
     p.add_argument("--child-busy", type=float, help=argparse.SUPPRESS)  # a child: the parent's CPU busy % at start
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -673,9 +699,11 @@ def main(argv=None):
     child = args.child_size is not None
     if child:
         args.sizes = [args.child_size]
-    apart = len(args.sizes) > 1 and not args.one_process  # the rows run in child processes
+    args.pairs = [tuple(pair) for pair in json.loads(args.child_rows)] if child else \
+        [(k, approach) for k in args.segments for approach in args.approaches]
+    apart = not child and not args.one_process and len(process_groups(args)) > 1  # rows run in child processes
     if args.malloc == "keep" and not apart:  # before any JAX or torch work: it binds threads that have not allocated yet
-        host_memory.keep_freed_memory(step_pixels(max(args.sizes), args.segments, args.approaches))
+        host_memory.keep_freed_memory(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
@@ -688,7 +716,7 @@ def main(argv=None):
     out = open(args.jsonl, "a") if args.jsonl and not child else None
     try:
         if apart:
-            rows = run_sizes_apart(argv, args, busy)
+            rows = run_groups_apart(argv, args, busy)
             for row in rows:
                 if out:
                     out.write(json.dumps(row, default=float) + "\n")
@@ -703,15 +731,13 @@ def main(argv=None):
         return rows
     env = rows[0]
     v, peak = env["versions"], {k: env[k] for k in ("peak_gflops", "peak_source")}
-    arenas = {r["size"]: r["malloc_one_arena"] for r in rows}
-    malloc = (f"keep_freed_memory (one heap at {', '.join(str(s) for s, one in arenas.items() if one) or '-'} px, "
-              f"per-thread arenas at {', '.join(str(s) for s, one in arenas.items() if not one) or '-'} px)"
-              if env["malloc_keeps_freed_memory"] else "glibc's defaults")
+    modes = sorted({malloc_mode(r) for r in rows})
+    malloc = f"{', '.join(modes)} (one heap, arenas: keep_freed_memory with one heap for all threads or per-thread arenas)"
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
           f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
-          f"{'each size in its own process' if apart else 'one process'} | "
+          f"{'each size and malloc setting in its own process' if apart else 'one process'} | "
           f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows))
     extra = breakdown_markdown(rows)
@@ -737,19 +763,18 @@ def run_rows(args, busy: float, out) -> list[dict]:
     rows = []
     try:
         for size in args.sizes:
-            for k in args.segments:
-                for approach in args.approaches:
-                    for optimizer in args.optimizers:
-                        for conv in args.conv:
-                            for pooling in args.pooling:
-                                row = run_config(size, k, approach, optimizer, conv, pooling, args, weights, jparams,
-                                                 env, peak, sampler)
-                                line = json.dumps(row, default=float)
-                                print(line, flush=True)
-                                if out:
-                                    out.write(line + "\n")
-                                    out.flush()
-                                rows.append(row)
+            for k, approach in args.pairs:
+                for optimizer in args.optimizers:
+                    for conv in args.conv:
+                        for pooling in args.pooling:
+                            row = run_config(size, k, approach, optimizer, conv, pooling, args, weights, jparams,
+                                             env, peak, sampler)
+                            line = json.dumps(row, default=float)
+                            print(line, flush=True)
+                            if out:
+                                out.write(line + "\n")
+                                out.flush()
+                            rows.append(row)
     finally:
         sampler.close()
     return rows

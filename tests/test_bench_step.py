@@ -1,6 +1,7 @@
 """bench/bench_step.py end to end at tiny sizes: each size in its own child process, with the malloc
 setting the segstyle command picks for it, and the rows collected by the parent."""
 
+import argparse
 import json
 
 import pytest
@@ -11,9 +12,15 @@ from bench import bench_step  # noqa: E402
 from segstyle_jax import host_memory  # noqa: E402
 
 
-def test_step_pixels_counts_multipass_images():
-    assert bench_step.step_pixels(128, [1, 2], ["blended"]) == 128 * 128
-    assert bench_step.step_pixels(128, [1, 4], ["blended", "multipass"]) == 4 * 128 * 128
+def test_rows_are_grouped_by_the_malloc_setting_the_command_picks():
+    assert bench_step.row_pixels(128, 2, "blended") == 128 * 128
+    assert bench_step.row_pixels(128, 4, "multipass") == 4 * 128 * 128
+    args = argparse.Namespace(sizes=[128, 256], segments=[1, 2], approaches=["blended", "multipass"])
+    assert bench_step.process_groups(args) == [
+        (128, [(1, "blended"), (1, "multipass"), (2, "blended"), (2, "multipass")]),  # all within 256 x 256
+        (256, [(1, "blended"), (1, "multipass"), (2, "blended")]),                     # per-thread arenas
+        (256, [(2, "multipass")]),                                                      # 2 x 256 x 256: one heap
+    ]
 
 
 @pytest.mark.real_weights
@@ -30,5 +37,5 @@ def test_each_size_runs_in_its_own_process(capsys, tmp_path):
         assert r["peak_gflops"] == rows[0]["peak_gflops"]  # measured once, by the parent
     assert [json.loads(line)["size"] for line in jsonl.read_text().splitlines()] == [32, 48]
     out = capsys.readouterr().out
-    assert "each size in its own process" in out and "| 48 | 1 | blended |" in out
+    assert "each size and malloc setting in its own process" in out and "| 48 | 1 | blended |" in out
     assert host_memory.is_applied() == applied_here  # the parent (this process) left its malloc alone
