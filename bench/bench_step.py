@@ -630,11 +630,11 @@ def process_groups(args) -> list[tuple[int, list[tuple[int, str]]]]:
     return groups
 
 
-def run_groups_apart(argv: list[str], args, busy: float) -> list[dict]:
+def run_groups_apart(argv: list[str], args, busy: float, out) -> list[dict]:
     """Run every :func:`process_groups` group in a fresh child process (this script with
     ``--child-size`` and ``--child-rows``), passing the peak measured here; its rows (JSON lines on
-    its stdout) are echoed and collected, its stderr passes through, and the rows are returned in the
-    table's order. A child that fails stops the run."""
+    its stdout) are echoed, written to ``out`` if given, as they come, and collected; its stderr
+    passes through. Returns the rows in the table's order. A child that fails stops the run."""
     peak = measure_peak(args.peak_n or 4096, reps=5)
     print(f"# peak {peak['peak_gflops']:.0f} GFLOP/s from {peak['peak_source']} {peak['peak_all_gflops']}",
           file=sys.stderr, flush=True)
@@ -647,6 +647,9 @@ def run_groups_apart(argv: list[str], args, busy: float) -> list[dict]:
                 if line.startswith("{"):
                     print(line, end="", flush=True)
                     rows.append(json.loads(line))
+                    if out:
+                        out.write(line)
+                        out.flush()
         if child.returncode != 0:
             raise SystemExit(f"the child process for {size} px failed (exit {child.returncode})")
     order = lambda r: (args.sizes.index(r["size"]), args.segments.index(r["segments"]),  # noqa: E731
@@ -679,8 +682,7 @@ def main(argv=None):
     p.add_argument("--malloc", default="keep", choices=("keep", "glibc"),
                    help="keep: segstyle_jax.host_memory.keep_freed_memory() for both frameworks, as the segstyle "
                         "command runs (freed buffers are reused, not faulted in again every step; one heap for all "
-                        "threads when the size's largest step is above 256x256 pixels x images); glibc: its malloc "
-                        "as it is (default: keep)")
+                        "threads for steps above 256x256 pixels x images); glibc: its malloc as it is (default: keep)")
     p.add_argument("--one-process", action="store_true",
                    help="run all rows in this process (default: each size in a fresh child process, two where its "
                         "rows' steps get different malloc settings from the segstyle command)")
@@ -716,23 +718,18 @@ def main(argv=None):
     out = open(args.jsonl, "a") if args.jsonl and not child else None
     try:
         if apart:
-            rows = run_groups_apart(argv, args, busy)
-            for row in rows:
-                if out:
-                    out.write(json.dumps(row, default=float) + "\n")
+            rows = run_groups_apart(argv, args, busy, out)
         else:
             rows = run_rows(args, busy, out)
     finally:
         if out:
             out.close()
-    if child:
-        return rows
-    if not rows:
+    if child or not rows:
         return rows
     env = rows[0]
     v, peak = env["versions"], {k: env[k] for k in ("peak_gflops", "peak_source")}
     modes = sorted({malloc_mode(r) for r in rows})
-    malloc = f"{', '.join(modes)} (one heap, arenas: keep_freed_memory with one heap for all threads or per-thread arenas)"
+    malloc = f"{', '.join(modes)} (keep_freed_memory with one heap for all threads or with per-thread arenas, or glibc's)"
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
           f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "

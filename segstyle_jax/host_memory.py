@@ -16,9 +16,11 @@ One heap has one lock, though, and XLA's worker threads allocate and free throug
 128 px they wait for each other on it (measured on the 2-core Xeon, fresh processes, JAX alone,
 locality K = 2, the median step of each run: 83-95 ms with one heap against 65-70 ms with glibc's
 per-thread arenas and 72-79 ms with glibc's defaults), while at 512 px the kept 480 MB temp buffer
-wins (860-880 ms against 922-932 and 927-989) and at 256 px they are even (234-247, 236-247,
-233-240 ms). So small steps keep the per-thread arenas and only large ones get one heap. Page faults per step with
-one heap (``bench/bench_malloc.py``): 16-33x fewer at 128-512 px.
+wins (860-880 ms against 922-932 and 927-989; 1024 px: 3656 against 3910 ms) and at 256 px they
+are even (234-247, 236-247, 233-240 ms); PyTorch's step did not care. So small steps keep the
+per-thread arenas and only large ones get one heap (docs/speed-notes.md has the tables). Page
+faults per step (``bench/bench_malloc.py``, glibc's defaults against the mode chosen): 8652 -> 123
+at 128 px (per-thread arenas), 31257 -> 0 at 256 px with one heap, 126596 -> 4134 at 512 px.
 
 What it keeps is whatever was freed, so memory that setup used once (XLA compiling a large step,
 the targets' forward passes) stays mapped next to the step's own buffers, which cannot always reuse
@@ -34,9 +36,9 @@ when setup kept its blocks, 9.1 now, 9.7 with glibc's defaults (``bench/bench_me
 
 It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
 allocated yet, so call it first, before any JAX computation, with the size of the largest step the
-process will run. The library never calls it on its own
-(``stylize`` only switches ``M_MMAP_MAX``, as above, where it is in effect): the ``segstyle``
-command does, and programs that call :func:`segstyle_jax.api.stylize` may. The cost: the process
+process will run. The library never calls it on its own (``stylize`` only switches ``M_MMAP_MAX``,
+as above, where it is in effect): the ``segstyle`` command does, and programs that call
+:func:`segstyle_jax.api.stylize` may. The cost: the process
 keeps the peak of its heap until it exits.
 """
 

@@ -159,3 +159,19 @@ def test_multipass_one_pass_at_a_time(files, random_weights_file, capsys):
     assert Image.open(out).size == (40, 33)
     err = capsys.readouterr().err
     assert "step 4/4 pass 1/2" in err and "step 4/4 pass 2/2" in err
+
+
+def test_malloc_setting_follows_the_size_of_the_largest_step(files, random_weights_file):
+    from segstyle_jax import cli, host_memory
+
+    def pixels(*extra):
+        argv = base_args(files, random_weights_file, "--output", str(files / "out.png"), *extra)
+        return cli._largest_step_pixels(cli.build_parser().parse_args(argv))
+
+    assert pixels("--size", "256", "--approach", "locality") == 256 * 256   # per-thread arenas
+    assert pixels("--size", "256", "--approach", "multipass") == 2 * 256 * 256  # K images: one heap
+    assert pixels("--size", "128", "--compare") == 2 * 128 * 128            # --compare runs multipass too
+    assert not host_memory.uses_one_arena(pixels("--size", "256", "--approach", "locality"))
+    assert host_memory.uses_one_arena(pixels("--size", "512", "--approach", "locality"))
+    demo = cli.build_parser().parse_args(["demo", "--size", "160"])
+    assert cli._largest_step_pixels(demo) == 2 * 160 * 160
