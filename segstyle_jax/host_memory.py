@@ -14,10 +14,10 @@ fault its 1.2 GB temp buffer in again every time) and, for processes whose large
 the main heap, which has no size limit, so a worker thread's temp buffer above 64 MB is kept too.
 One heap has one lock, though, and XLA's worker threads allocate and free throughout a step: at
 128 px they wait for each other on it (measured on the 2-core Xeon, fresh processes, JAX alone,
-locality K = 2, the median step of each run: 83-95 ms with one heap against 65-70 ms with glibc's
+locality K = 2, the median step of each run: 83-90 ms with one heap against 65-69 ms with glibc's
 per-thread arenas and 72-79 ms with glibc's defaults), while at 512 px the kept 480 MB temp buffer
 wins (860-880 ms against 922-932 and 927-989; 1024 px: 3656 against 3910 ms) and at 256 px they
-are even (234-247, 236-247, 233-240 ms); PyTorch's step did not care. So small steps keep the
+are even (234-247, 236-247, 237-240 ms); PyTorch's step did not care. So small steps keep the
 per-thread arenas and only large ones get one heap (docs/speed-notes.md has the tables). Page
 faults per step (``bench/bench_malloc.py``, glibc's defaults against the mode chosen): 8652 -> 123
 at 128 px (per-thread arenas), 31257 -> 0 at 256 px with one heap, 126596 -> 4134 at 512 px.
