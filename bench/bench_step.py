@@ -619,13 +619,16 @@ def row_pixels(size: int, k: int, approach: str) -> int:
 def process_groups(args) -> list[tuple[int, list[tuple[int, str]]]]:
     """The rows as ``(size, [(K, approach), ...])`` groups, one per process: per size, the rows whose
     steps get one heap for all threads and those that keep per-thread arenas
-    (:func:`segstyle_jax.host_memory.uses_one_arena`), each as the ``segstyle`` command would run it."""
+    (:func:`segstyle_jax.host_memory.uses_one_arena`), each as the ``segstyle`` command would run it;
+    with ``--malloc glibc`` one group per size."""
+    keep = getattr(args, "malloc", "keep") == "keep"
     groups = []
     for size in args.sizes:
         by_heap = {}
         for k in args.segments:
             for approach in args.approaches:
-                by_heap.setdefault(host_memory.uses_one_arena(row_pixels(size, k, approach)), []).append((k, approach))
+                one_heap = keep and host_memory.uses_one_arena(row_pixels(size, k, approach))
+                by_heap.setdefault(one_heap, []).append((k, approach))
         groups += [(size, pairs) for pairs in by_heap.values()]
     return groups
 

@@ -21,6 +21,8 @@ def test_rows_are_grouped_by_the_malloc_setting_the_command_picks():
         (256, [(1, "blended"), (1, "multipass"), (2, "blended")]),                     # per-thread arenas
         (256, [(2, "multipass")]),                                                      # 2 x 256 x 256: one heap
     ]
+    args.malloc = "glibc"  # no setting to tell apart: one process per size
+    assert [size for size, _ in bench_step.process_groups(args)] == [128, 256]
 
 
 @pytest.mark.real_weights
