@@ -1,7 +1,7 @@
 """The JAX step with glibc's malloc as it is and with ``host_memory.keep_freed_memory()`` both ways
 (per-thread arenas, one heap for all threads), each in its own fresh process.
 
-    python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2; about 5 minutes
+    python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2; about 3 minutes
     python bench/bench_malloc.py --configs 256:2 512:1 --steps 30 --rounds 3
 
 The setting changes glibc's malloc for the whole process, so it cannot be compared inside one
