@@ -169,31 +169,45 @@ def _masked_gram_products(f: jax.Array, m: jax.Array) -> jax.Array:
     """``S_k = sum_p m_k(p) f_p f_p^T`` for ``f`` ``[N, c]`` and ``m`` ``[K, N]`` -> ``[K, c, c]``,
     as one product ``[f*m_1, ..., f*m_K]^T f``.
 
-    Gradient, for cotangents ``D_k`` ``[c, c]`` and ``Y_k = f (D_k + D_k^T)`` (one product
-    ``[N, c] x [c, K c]`` for all ``k``)::
+    Gradient, for cotangents ``D_k`` ``[c, c]`` and ``Y_k = f (D_k + D_k^T)``::
 
         d f_p    = sum_k m_k(p) Y_k[p]             (the paper's equation (5), summed over segments)
+                 = [m_1(p) f_p, ..., m_K(p) f_p] . [D_1 + D_1^T; ...; D_K + D_K^T]
         d m_k(p) = f_p^T D_k f_p = Y_k[p] . f_p / 2
 
-    Autodiff of the forward would take two products of that size (one per factor) and add them.
+    ``d f`` is one product ``[N, K c] x [K c, c]`` of the masked features (recomputed, not kept
+    from the forward) with the stacked symmetric cotangents: the sum over ``k`` runs inside the
+    product. Autodiff of the forward would take two products of that size (one per factor) and
+    add them; forming the ``[N, K c]`` array of all ``Y_k`` and summing it over ``k`` afterwards
+    (this function's form until it was measured) took 85 ms against 78 for a locality step with
+    K = 4 at 128², 1114 against 1040 ms at 512² (speed notes). ``d m`` (needed only when the
+    masks themselves are differentiated; ``jit`` drops it otherwise) still goes through ``Y``.
     """
     return _masked_gram_products_fwd(f, m)[0]
 
 
-def _masked_gram_products_fwd(f, m):
+def _masked_features(f, m):
+    """``[f*m_1, ..., f*m_K]``: ``[N, K c]`` for ``f`` ``[N, c]`` and ``m`` ``[K, N]``."""
     n, c = f.shape
+    return jnp.reshape(m.T[:, :, None] * f[:, None, :], (n, m.shape[0] * c))
+
+
+def _masked_gram_products_fwd(f, m):
+    c = f.shape[1]
     k = m.shape[0]
-    fm = jnp.reshape(m.T[:, :, None] * f[:, None, :], (n, k * c))  # [N, K c]
-    return jnp.reshape(fm.T @ f, (k, c, c)), (f, m)
+    # f^T [f*m_1, ...] ([c, K c]) is S_k^T = S_k side by side; measured a little faster than
+    # [f*m_1, ...]^T f at the first taps (N large, c small)
+    s = jnp.reshape(f.T @ _masked_features(f, m), (c, k, c))
+    return jnp.transpose(s, (1, 0, 2)), (f, m)
 
 
 def _masked_gram_products_bwd(residuals, d):
     f, m = residuals
     n, c = f.shape
     k = m.shape[0]
-    sym = d + jnp.swapaxes(d, 1, 2)                                                            # [K, c, c]
+    sym = d + jnp.swapaxes(d, 1, 2)                                           # [K, c, c]
+    df = _masked_features(f, m) @ jnp.reshape(sym, (k * c, c))                # [N, K c] x [K c, c]
     y = jnp.reshape(f @ jnp.reshape(jnp.transpose(sym, (1, 0, 2)), (c, k * c)), (n, k, c))  # Y_k[p]
-    df = jnp.einsum("kn,nkc->nc", m, y)
     dm = 0.5 * jnp.einsum("nkc,nc->kn", y, f)
     return df, dm
 
