@@ -61,10 +61,10 @@ its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--mal
 glibc's malloc as it is. ``malloc_keeps_freed_memory`` and ``malloc_one_arena`` in every row say
 which. Like the command, the setting depends on the size of the step (one heap for all threads only
 when it is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it binds the process's
-threads for good, so the rows of each size run in a fresh child process, two where some of its rows
-get one heap and others not (the parent measures the peak once and prints the table in its order).
-``--one-process`` runs them all in one, with the setting for the largest step; rows run later in
-one process also measured a few percent slower than alone.
+threads for good. Every row runs in a fresh child process of its own, as a ``segstyle`` run does
+(the parent measures the peak once and prints the table in its order): a JAX step measured 5-20%
+slower when other rows had run before it in the same process (:func:`process_groups`).
+``--one-process`` runs them all in one, with the setting for the largest step.
 
 ``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
 (no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
@@ -436,6 +436,7 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     row.update({f"jax_step_{k_}_s": v for k_, v in js.items()})
     row.update({f"torch_step_{k_}_s": v for k_, v in ts.items()})
     row["ratio"] = js["median"] / ts["median"]
+    row["jax_step_times_s"], row["torch_step_times_s"] = jt, tt  # in order: shows warm-up left in the timed steps
     # CPU seconds per wall second during the timed steps: ~ the number of cores kept busy. Far
     # below the thread count means the threads waited (e.g. for a core another process holds).
     row["jax_cpu_util"], row["torch_cpu_util"] = statistics.median(jc), statistics.median(tc)
@@ -617,20 +618,16 @@ def row_pixels(size: int, k: int, approach: str) -> int:
 
 
 def process_groups(args) -> list[tuple[int, list[tuple[int, str]]]]:
-    """The rows as ``(size, [(K, approach), ...])`` groups, one per process: per size, the rows whose
-    steps get one heap for all threads and those that keep per-thread arenas
-    (:func:`segstyle_jax.host_memory.uses_one_arena`), each as the ``segstyle`` command would run it;
-    with ``--malloc glibc`` one group per size."""
-    keep = getattr(args, "malloc", "keep") == "keep"
-    groups = []
-    for size in args.sizes:
-        by_heap = {}
-        for k in args.segments:
-            for approach in args.approaches:
-                one_heap = keep and host_memory.uses_one_arena(row_pixels(size, k, approach))
-                by_heap.setdefault(one_heap, []).append((k, approach))
-        groups += [(size, pairs) for pairs in by_heap.values()]
-    return groups
+    """The rows as ``(size, [(K, approach)])`` groups, one per fresh process: every row (its
+    optimizers, convolutions and poolings together) in a process of its own, with the malloc setting
+    the ``segstyle`` command would give its step (:func:`segstyle_jax.host_memory.uses_one_arena`).
+
+    One process per row because a row's JAX step measured slower when other rows had run before it
+    in the same process (256², K = 4, blended: 0.285-0.293 s a step in a fresh process, alternating
+    with PyTorch as here, against 0.315-0.322 s, with single steps up to 0.41, as the eighth row of
+    one; 128², K = 2, multipass: 0.115-0.117 against 0.139 s), while PyTorch's hardly moved; a user's
+    ``segstyle`` run is one fresh process too."""
+    return [(size, [(k, approach)]) for size in args.sizes for k in args.segments for approach in args.approaches]
 
 
 def run_groups_apart(argv: list[str], args, busy: float, out) -> list[dict]:
@@ -654,7 +651,7 @@ def run_groups_apart(argv: list[str], args, busy: float, out) -> list[dict]:
                         out.write(line)
                         out.flush()
         if child.returncode != 0:
-            raise SystemExit(f"the child process for {size} px failed (exit {child.returncode})")
+            raise SystemExit(f"the child process for {size} px, (K, approach) {pairs} failed (exit {child.returncode})")
     order = lambda r: (args.sizes.index(r["size"]), args.segments.index(r["segments"]),  # noqa: E731
                        args.approaches.index(r["approach"]))
     return sorted(rows, key=order)  # stable: optimizers, convolutions and poolings keep their order
@@ -687,8 +684,8 @@ def main(argv=None):
                         "command runs (freed buffers are reused, not faulted in again every step; one heap for all "
                         "threads for steps above 256x256 pixels x images); glibc: its malloc as it is (default: keep)")
     p.add_argument("--one-process", action="store_true",
-                   help="run all rows in this process (default: each size in a fresh child process, two where its "
-                        "rows' steps get different malloc settings from the segstyle command)")
+                   help="run all rows in this process (default: each row in a fresh child process, with the "
+                        "malloc setting the segstyle command gives its step)")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)   # a child: this size only
     p.add_argument("--child-rows", help=argparse.SUPPRESS)             # a child: these [K, approach] only (JSON)
     p.add_argument("--child-peak", help=argparse.SUPPRESS)             # a child: the parent's peak (JSON)
@@ -737,7 +734,7 @@ def main(argv=None):
           f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
           f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
-          f"{'each size and malloc setting in its own process' if apart else 'one process'} | "
+          f"{'each row in a fresh process of its own' if apart else 'one process'} | "
           f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows))
     extra = breakdown_markdown(rows)

@@ -1,4 +1,4 @@
-"""bench/bench_step.py end to end at tiny sizes: each size in its own child process, with the malloc
+"""bench/bench_step.py end to end at tiny sizes: each row in its own child process, with the malloc
 setting the segstyle command picks for it, and the rows collected by the parent."""
 
 import argparse
@@ -12,21 +12,16 @@ from bench import bench_step  # noqa: E402
 from segstyle_jax import host_memory  # noqa: E402
 
 
-def test_rows_are_grouped_by_the_malloc_setting_the_command_picks():
+def test_every_row_gets_a_process_of_its_own():
     assert bench_step.row_pixels(128, 2, "blended") == 128 * 128
     assert bench_step.row_pixels(128, 4, "multipass") == 4 * 128 * 128
     args = argparse.Namespace(sizes=[128, 256], segments=[1, 2], approaches=["blended", "multipass"])
     assert bench_step.process_groups(args) == [
-        (128, [(1, "blended"), (1, "multipass"), (2, "blended"), (2, "multipass")]),  # all within 256 x 256
-        (256, [(1, "blended"), (1, "multipass"), (2, "blended")]),                     # per-thread arenas
-        (256, [(2, "multipass")]),                                                      # 2 x 256 x 256: one heap
-    ]
-    args.malloc = "glibc"  # no setting to tell apart: one process per size
-    assert [size for size, _ in bench_step.process_groups(args)] == [128, 256]
+        (size, [(k, approach)]) for size in (128, 256) for k in (1, 2) for approach in ("blended", "multipass")]
 
 
 @pytest.mark.real_weights
-def test_each_size_runs_in_its_own_process(capsys, tmp_path):
+def test_each_row_runs_in_its_own_process(capsys, tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     applied_here = host_memory.is_applied()  # (a CLI test may have applied it to this process already)
     rows = bench_step.main(["--sizes", "32", "48", "--segments", "1", "--steps", "1", "--warmup", "0",
@@ -39,5 +34,5 @@ def test_each_size_runs_in_its_own_process(capsys, tmp_path):
         assert r["peak_gflops"] == rows[0]["peak_gflops"]  # measured once, by the parent
     assert [json.loads(line)["size"] for line in jsonl.read_text().splitlines()] == [32, 48]
     out = capsys.readouterr().out
-    assert "each size and malloc setting in its own process" in out and "| 48 | 1 | blended |" in out
+    assert "each row in a fresh process of its own" in out and "| 48 | 1 | blended |" in out
     assert host_memory.is_applied() == applied_here  # the parent (this process) left its malloc alone
