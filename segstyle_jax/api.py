@@ -324,9 +324,8 @@ def stylize(
         step_conv = "direct" if conv == "auto" and not winograd.worth_compiling(
             steps_per_scale[si], *hw, jax.default_backend(), cached=compile_cache.enabled_dir() is not None) else conv
         shape = (config.num_images, *hw, 3) if approach == "multipass" else (*hw, 3)
-        compiling = pool.submit(_cached_step, config, vgg_weights.model(config.taps, pooling, step_conv),
-                                vgg_weights, engine.targets_spec(config, model, vgg_weights.params),
-                                loss_weights, np.zeros(shape, np.float32), batch_passes, available)
+        compiling = pool.submit(_scale_step, config, vgg_weights.model(config.taps, pooling, step_conv), model,
+                                vgg_weights, loss_weights, shape, batch_passes, available)
         targeting = pool.submit(_scale_targets, config, model, vgg_weights, pooling, content_s, seg_s.masks,
                                 [_style_at(s, style_long) for s in style_originals], segment_parts, region_originals)
         return compiling, targeting
@@ -458,6 +457,16 @@ def _scale_targets(config: StepConfig, model, vgg_weights: VGGWeights, pooling: 
     style_targets = engine.segment_targets(vgg_weights.model(config.style_taps, pooling), vgg_weights.params,
                                            styles, seg_styles)
     return engine.make_targets(config, model, vgg_weights.params, content, seg_masks, style_targets)
+
+
+def _scale_step(config: StepConfig, model, targets_model, vgg_weights: VGGWeights, weights: LossWeights,
+                start_shape: tuple[int, ...], batch_passes: bool | None, available: int | None):
+    """:func:`_cached_step` for one scale, from the shapes of its targets (``targets_model``'s
+    :func:`engine.targets_spec`) and of its start image: all of it in the worker thread that calls
+    this, where tracing for the shapes would otherwise hold up the thread that runs the steps."""
+    targets = engine.targets_spec(config, targets_model, vgg_weights.params)
+    return _cached_step(config, model, vgg_weights, targets, weights, np.zeros(start_shape, np.float32), batch_passes,
+                        available)
 
 
 def _cached_step(config: StepConfig, model, vgg_weights: VGGWeights, targets: engine.Targets, weights: LossWeights,
