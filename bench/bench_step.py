@@ -62,7 +62,7 @@ glibc's malloc as it is. ``malloc_keeps_freed_memory`` and ``malloc_one_arena`` 
 which. Like the command, the setting depends on the size of the step (one heap for all threads only
 when it is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it binds the process's
 threads for good. Every row runs in a fresh child process of its own, as a ``segstyle`` run does
-(the parent measures the peak once and prints the table in its order): a JAX step measured 5-20%
+(the parent measures the peak once and prints the table in its order): a JAX step measured 10-20%
 slower when other rows had run before it in the same process (:func:`process_groups`).
 ``--one-process`` runs them all in one, with the setting for the largest step.
 
