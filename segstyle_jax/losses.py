@@ -140,7 +140,7 @@ def masked_grams(
 
     ``G_k = sum_p m_k(p) F_p F_p^T / max(sum_p m_k(p), eps)``,   ``area_k = sum_p m_k(p)``
 
-    Computed as one matrix product ``[F*m_1, ..., F*m_K]^T F`` (``[K c, N] x [N, c]``). This is
+    Computed as one matrix product ``F^T [F*m_1, ..., F*m_K]`` (``[c, N] x [N, K c]``). This is
     the one place the per-segment rule of this module is broken on purpose: on CPU its forward and
     backward take about half the time of ``jax.vmap(masked_gram)`` over ``k`` (whose backward
     materialises and reduces ``K`` separate ``[N, c]`` products), and its gradient is the closed
@@ -167,7 +167,7 @@ def masked_grams(
 @jax.custom_vjp
 def _masked_gram_products(f: jax.Array, m: jax.Array) -> jax.Array:
     """``S_k = sum_p m_k(p) f_p f_p^T`` for ``f`` ``[N, c]`` and ``m`` ``[K, N]`` -> ``[K, c, c]``,
-    as one product ``[f*m_1, ..., f*m_K]^T f``.
+    as one product ``f^T [f*m_1, ..., f*m_K]`` (``[c, K c]``: the symmetric ``S_k`` side by side).
 
     Gradient, for cotangents ``D_k`` ``[c, c]`` and ``Y_k = f (D_k + D_k^T)``::
 
