@@ -29,14 +29,19 @@ Reported per configuration (one JSON line each, then a Markdown table):
   bound), ``torch_gflop_per_eval`` (convolutions and matmuls of one loss + gradient, counted by
   ``torch.utils.flop_counter``) as a cross-check; with ``--conv auto``/``winograd`` also
   ``gflop_per_step_executed``, XLA's count of the step as run (Winograd multiplies less);
+* on a GPU XLA hands the convolutions to cuDNN and its cost analysis does not count them, so there
+  ``gflop_per_step`` is PyTorch's count and XLA's is kept as ``xla_gflop_per_step``
+  (``flop_source`` says which; :func:`set_flop_rates`);
 * achieved GFLOP/s of both (``gflop_per_step`` over each one's median step: "effective" rates
   when the step runs by Winograd, which can pass 100%) and the percentage of the
   machine's matmul peak, measured at start-up with float32 numpy, ``jnp`` and torch matmuls
   (``peak_source`` says which was fastest; that one is the peak);
-* memory: ``jax_memory_stats`` when the device has them (GPU), else the peak process RSS above the
-  level just before a step (after ``malloc_trim``), sampled every 2 ms during one extra, untimed step
-  of each framework (``*_step_rss_mb``; see :class:`RssSampler`), plus XLA's own buffer plan
-  (``jax_xla_temp_mb``, ``jax_xla_args_mb``);
+* memory: on CPU the peak process RSS above the level just before a step (after ``malloc_trim``),
+  sampled every 2 ms during one extra, untimed step of each framework (``*_step_rss_mb``; see
+  :class:`RssSampler`), plus XLA's own buffer plan (``jax_xla_temp_mb``, ``jax_xla_args_mb``); on a
+  GPU XLA's plan of the step (arguments + temporaries + outputs, ``jax_step_gpu_mb``) against
+  ``torch.cuda.max_memory_allocated`` during one step (``torch_step_gpu_mb``), and JAX's
+  ``jax_memory_stats``;
 * the losses both computed at the first step (``loss0_rel_diff``: the same mathematics should give
   the same number to float32 rounding) and at the last, and ``image_max_abs_diff`` after the timed
   steps (Adam's early steps are close to ``lr * sign(grad)``, so pixels whose gradient is near 0
@@ -46,6 +51,15 @@ Reported per configuration (one JSON line each, then a Markdown table):
   ``*_cpu_util``, CPU seconds per wall second of each framework's timed steps (about the number of
   cores it kept busy), and ``others_cpu_util``, the most CPU other processes took during a timed
   step (in cores, from /proc/stat).
+
+On a GPU (JAX's default device a GPU and this torch build able to use it) PyTorch runs there too,
+with ``cudnn.benchmark`` on; ``--precision`` sets what float32 convolutions and matrix products may
+run as in both (``default``: each framework's own, which differ: TF32 everywhere in JAX, TF32
+convolutions but float32 matmuls in PyTorch; ``tf32``; ``fp32``), and the peak is the faster of a
+``jnp`` and a torch float32 matmul on the GPU under that setting. Run it there with
+``--one-process --malloc glibc`` (the per-row processes and the malloc settings are for the CPU) and
+``XLA_PYTHON_CLIENT_MEM_FRACTION`` below 0.5, so that PyTorch has the rest of the GPU's memory.
+``--table ROWS.jsonl`` prints the table of saved rows again.
 
 Run it on an otherwise idle machine. Another busy process is not a small perturbation here: on a
 2-core machine with one core taken, PyTorch's two OpenMP threads keep waiting for each other at every
@@ -94,7 +108,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import torch_reference  # noqa: E402
-from segstyle_jax import engine, host_memory, winograd  # noqa: E402
+from segstyle_jax import engine, host_memory, vgg, winograd  # noqa: E402
 from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -172,10 +186,52 @@ def environment() -> dict:
         "malloc_keeps_freed_memory": host_memory.is_applied(),
         "malloc_one_arena": host_memory.one_arena(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        **gpu_environment(),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
     }
+
+
+def torch_device() -> str:
+    """``cuda`` when JAX runs on a GPU and this torch build sees one, else ``cpu``: both
+    frameworks on the same kind of device."""
+    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+# --precision: what float32 convolutions and matrix products may run as, in both frameworks.
+# "default" leaves each framework's own default: on NVIDIA GPUs since Ampere, JAX runs float32
+# convolutions and dots as TF32 (lax.Precision.DEFAULT) and PyTorch its convolutions as TF32
+# (cudnn.allow_tf32) but its matrix products in full float32. On CPU all three are float32.
+PRECISIONS = ("default", "tf32", "fp32")
+
+
+def set_precision(precision: str) -> None:
+    """Apply ``--precision`` to both frameworks (before anything is traced)."""
+    if precision == "default":
+        return
+    tf32 = precision == "tf32"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "float32")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def gpu_environment() -> dict:
+    """Device-side settings of both frameworks, recorded in every row (on CPU: the torch device only)."""
+    env = {"torch_device": torch_device(),
+           "jax_default_matmul_precision": str(getattr(jax.config, "jax_default_matmul_precision", None))}
+    if env["torch_device"] == "cuda":
+        env.update({
+            "gpu": torch.cuda.get_device_name(0),
+            "torch_cuda": torch.version.cuda,
+            "torch_cudnn": torch.backends.cudnn.version(),
+            "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""),
+            "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
+        })
+    return env
 
 
 def machine_busy_pct(seconds: float = 1.0) -> float:
@@ -205,20 +261,27 @@ def _best_seconds(fn, reps: int) -> float:
 
 
 def measure_peak(n: int, reps: int) -> dict:
-    """float32 ``n x n`` matmul GFLOP/s with numpy, jnp and torch; the best is the machine peak."""
+    """float32 ``n x n`` matmul GFLOP/s with numpy, jnp and torch (on the GPU: jnp and torch there,
+    under ``--precision``); the best is the machine peak."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     flops = 2.0 * n ** 3
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     jmm = jax.jit(jnp.matmul)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    result = {
-        "numpy": flops / _best_seconds(lambda: a @ b, reps) / 1e9,
-        "jnp": flops / _best_seconds(lambda: jmm(ja, jb).block_until_ready(), reps) / 1e9,
-        "torch": flops / _best_seconds(lambda: ta @ tb, reps) / 1e9,
-    }
+    device = torch_device()
+    ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+
+    def torch_mm():
+        ta @ tb
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    result = {} if device == "cuda" else {"numpy": flops / _best_seconds(lambda: a @ b, reps) / 1e9}
+    result["jnp"] = flops / _best_seconds(lambda: jmm(ja, jb).block_until_ready(), reps) / 1e9
+    result["torch"] = flops / _best_seconds(torch_mm, reps) / 1e9
     source = max(result, key=result.get)
-    return {"peak_gflops": result[source], "peak_source": f"{source} float32 {n}x{n} matmul",
+    where = f" on {device}" if device == "cuda" else ""
+    return {"peak_gflops": result[source], "peak_source": f"{source} float32 {n}x{n} matmul{where}",
             "peak_all_gflops": {k: round(v, 1) for k, v in result.items()}}
 
 
@@ -334,6 +397,29 @@ def _memory(compiled) -> dict:
             "jax_xla_out_mb": getattr(m, "output_size_in_bytes", 0) / 2 ** 20}
 
 
+def set_flop_rates(row: dict) -> dict:
+    """Fill ``row``'s FLOP rates (``jax_gflops``, ``torch_gflops`` and their ``*_pct_peak``) from its
+    ``gflop_per_step``, medians and ``peak_gflops``; return ``row``.
+
+    On a GPU, XLA's cost analysis counts no FLOPs in the convolutions it hands to cuDNN (custom
+    calls): its count (kept as ``xla_gflop_per_step``) is then the Grams' and the optimizer's
+    alone, and ``gflop_per_step`` becomes PyTorch's flop counter's count of one loss + gradient
+    (``torch_gflop_per_eval``; on CPU it runs 8-14% above XLA's count of the same step).
+    ``flop_source`` says which count a row's rates use."""
+    platform = row.get("platform") or row.get("device", "cpu").split(":")[0]
+    if platform != "cpu" and "flop_source" not in row and "torch_gflop_per_eval" in row:
+        row["xla_gflop_per_step"] = row["gflop_per_step"]
+        row["gflop_per_step"] = row["torch_gflop_per_eval"]
+        row["flop_source"] = "torch flop counter, one loss + gradient (XLA's GPU count leaves out cuDNN)"
+    row.setdefault("flop_source", "XLA cost analysis, direct convolutions")
+    flops = row["gflop_per_step"]
+    row["jax_gflops"] = flops / row["jax_step_median_s"]
+    row["torch_gflops"] = flops / row["torch_step_median_s"]
+    row["jax_pct_peak"] = 100 * row["jax_gflops"] / row["peak_gflops"]
+    row["torch_pct_peak"] = 100 * row["torch_gflops"] / row["peak_gflops"]
+    return row
+
+
 def _stats(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else \
         {"median": float("nan"), "min": float("nan"), "max": float("nan")}
@@ -346,7 +432,8 @@ def _stats(xs):
 def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jparams, env, peak, sampler) -> dict:
     row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv,
            "pooling": pooling, "steps": args.steps,
-           "masks": args.masks, "torch_compile": args.torch_compile, "loadavg_start": os.getloadavg()}
+           "masks": args.masks, "torch_compile": args.torch_compile, "precision": args.precision,
+           "loadavg_start": os.getloadavg()}
     content, styles, masks = make_inputs(size, k, args.masks)
     cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling)
     lw = LossWeights.create(cfg)
@@ -374,7 +461,8 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     row["gflop_per_step_executed"] = cost.get("flops", float("nan")) / 1e9
     # The mathematics' FLOPs: XLA's count of the same step with direct convolutions (Winograd does
     # fewer multiplications for the same result; rates below are "effective", on this count).
-    if conv == "direct":
+    platform = jax.devices()[0].platform
+    if all(a == "direct" for a in vgg.conv_algorithms(weights.arch, conv, size, size, platform).values()):
         row["gflop_per_step"] = row["gflop_per_step_executed"]
     else:
         _, direct_update = engine.make_update_fn(cfg, model, params=jparams)
@@ -385,7 +473,7 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     # -- PyTorch: targets
     t0 = time.perf_counter()
     ref = torch_reference.from_step_config(weights, cfg, lw, content, masks, styles, seg, init=x0,
-                                           compile=args.torch_compile)
+                                           compile=args.torch_compile, device=env["torch_device"])
     row["torch_targets_s"] = time.perf_counter() - t0
 
     def jax_step():
@@ -414,7 +502,7 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     if args.flop_count:
         from torch.utils.flop_counter import FlopCounterMode
 
-        xg = torch_reference._nchw(ref.image).requires_grad_(True)
+        xg = torch_reference._nchw(ref.image).to(ref.device).requires_grad_(True)
         with FlopCounterMode(display=False) as counter:
             ref.loss(xg).backward()
         row["torch_gflop_per_eval"] = counter.get_total_flops() / 1e9
@@ -448,20 +536,27 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     if optimizer == "lbfgs":
         row["jax_linesearch_steps"] = ls_steps
         row["torch_evals_per_step"] = evals["n"] / max(args.steps, 1)
-    flops = row["gflop_per_step"]
-    row["jax_gflops"] = flops / js["median"]
-    row["torch_gflops"] = flops / ts["median"]
-    row["jax_pct_peak"] = 100 * row["jax_gflops"] / peak["peak_gflops"]
-    row["torch_pct_peak"] = 100 * row["torch_gflops"] / peak["peak_gflops"]
+    row["platform"] = jax.devices()[0].platform
+    row.update(peak)
+    set_flop_rates(row)
     stats = jax.devices()[0].memory_stats()
     if stats:
         row["jax_memory_stats"] = {k_: stats[k_] for k_ in ("peak_bytes_in_use", "bytes_limit") if k_ in stats}
-        row["jax_mem_source"] = "device memory_stats"
+    if env["torch_device"] == "cuda":
+        # device memory: XLA's plan of the compiled step (arguments + temporaries + outputs; the
+        # allocator's peak is cumulative over the process) against PyTorch's allocator peak during
+        # one step (weights, targets, image and optimizer state included)
+        row["jax_mem_source"] = "GPU: XLA plan (args + temp + out)"
+        row["jax_step_gpu_mb"] = sum(row.get(f"jax_xla_{k_}_mb", 0.0) for k_ in ("args", "temp", "out"))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        ref.step()
+        row["torch_step_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        row["torch_mem_source"] = "GPU: torch.cuda.max_memory_allocated during one step"
     else:
-        row["jax_mem_source"] = "process RSS"
-    row["jax_step_rss_mb"] = sampler.measure(jax_step) / 2 ** 20  # one more step each, untimed
-    row["torch_step_rss_mb"] = sampler.measure(ref.step) / 2 ** 20
-    row["torch_mem_source"] = "process RSS"
+        row["jax_mem_source"] = row["torch_mem_source"] = "process RSS"
+        row["jax_step_rss_mb"] = sampler.measure(jax_step) / 2 ** 20  # one more step each, untimed
+        row["torch_step_rss_mb"] = sampler.measure(ref.step) / 2 ** 20
     row["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     if args.breakdown:
@@ -469,7 +564,6 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
         row["breakdown"] = breakdown(cfg, weights.model(cfg.taps, pooling, conv=conv), weights.params, tg, lw, ref, x0,
                                      args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()
-    row.update(peak)
     row.update(env)
     del state, compiled, ref
     return row
@@ -570,10 +664,18 @@ def malloc_mode(row) -> str:
     return "one heap" if row.get("malloc_one_arena") else "arenas"
 
 
+def step_memory(row) -> str:
+    """The table's memory cell: process RSS increase during a step on CPU; on a GPU, XLA's plan of
+    the step against PyTorch's allocator peak (marked ``GPU``)."""
+    if "jax_step_gpu_mb" in row:
+        return f"GPU {row['jax_step_gpu_mb']:.0f} / {row['torch_step_gpu_mb']:.0f}"
+    return f"{row['jax_step_rss_mb']:.0f} / {row['torch_step_rss_mb']:.0f}"
+
+
 def markdown(rows) -> str:
     head = ("| size | K | approach | opt | conv | pool | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
             "| PyTorch step s med (min-max) "
-            "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step RSS MB JAX / PyTorch "
+            "| JAX/PyTorch | GFLOP/step | JAX GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | step memory MB JAX / PyTorch "
             "| XLA temp MB | CPU util JAX / PyTorch / others | malloc | loss0 rel diff |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -585,7 +687,7 @@ def markdown(rows) -> str:
             f"| {r['torch_step_median_s']:.3f} ({r['torch_step_min_s']:.3f}-{r['torch_step_max_s']:.3f}) "
             f"| {r['ratio']:.2f} | {r['gflop_per_step']:.1f} "
             f"| {r['jax_gflops']:.0f} ({r['jax_pct_peak']:.0f}%) | {r['torch_gflops']:.0f} ({r['torch_pct_peak']:.0f}%) "
-            f"| {r['jax_step_rss_mb']:.0f} / {r['torch_step_rss_mb']:.0f} | {r.get('jax_xla_temp_mb', float('nan')):.0f} "
+            f"| {step_memory(r)} | {r.get('jax_xla_temp_mb', float('nan')):.0f} "
             f"| {r['jax_cpu_util']:.2f} / {r['torch_cpu_util']:.2f} / {r['others_cpu_util']:.2f} | {malloc_mode(r)} "
             f"| {r['loss0_rel_diff']:.1e} |")
     return "\n".join(lines)
@@ -674,6 +776,10 @@ def main(argv=None):
     p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--torch-compile", action="store_true", help="wrap the PyTorch loss in torch.compile")
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--precision", default="default", choices=PRECISIONS,
+                   help="float32 convolutions and matrix products on a GPU, in both frameworks: default (each "
+                        "framework's own: TF32 convolutions in both, TF32 dots in JAX, float32 matmuls in "
+                        "PyTorch), tf32 or fp32 (full float32 in both); no effect on CPU")
     p.add_argument("--peak-n", type=int, help="matrix size of the peak measurement (default 2048 quick, else 4096)")
     p.add_argument("--no-flop-count", dest="flop_count", action="store_false",
                    help="skip the torch FlopCounterMode cross-check")
@@ -686,12 +792,19 @@ def main(argv=None):
     p.add_argument("--one-process", action="store_true",
                    help="run all rows in this process (default: each row in a fresh child process, with the "
                         "malloc setting the segstyle command gives its step)")
+    p.add_argument("--table", type=Path, nargs="+", metavar="JSONL",
+                   help="print the Markdown table of rows saved with --jsonl (rates recomputed) and exit")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)   # a child: this size only
     p.add_argument("--child-rows", help=argparse.SUPPRESS)             # a child: these [K, approach] only (JSON)
     p.add_argument("--child-peak", help=argparse.SUPPRESS)             # a child: the parent's peak (JSON)
     p.add_argument("--child-busy", type=float, help=argparse.SUPPRESS)  # a child: the parent's CPU busy % at start
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    if args.table:
+        rows = [set_flop_rates(json.loads(line)) for path in args.table for line in path.read_text().splitlines()
+                if line.startswith("{")]
+        print(markdown(rows))
+        return rows
     if args.quick:
         args.sizes, args.segments = [64, 128], [1, 2]
         args.approaches, args.optimizers = ["blended", "multipass"], ["adam"]
@@ -708,6 +821,9 @@ def main(argv=None):
         host_memory.keep_freed_memory(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    set_precision(args.precision)
+    if torch_device() == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithms, as XLA autotunes its own
 
     t_start = time.perf_counter()
     busy = machine_busy_pct() if not child else args.child_busy
@@ -735,7 +851,13 @@ def main(argv=None):
           f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"{'each row in a fresh process of its own' if apart else 'one process'} | "
-          f"step RSS: process RSS increase during one step (sampled, after malloc_trim) | total {time.perf_counter() - t_start:.0f} s\n")
+          f"precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
+          + (f", torch TF32 matmul {env['torch_matmul_allow_tf32']} / cuDNN {env['torch_cudnn_allow_tf32']}"
+             if env["torch_device"] == "cuda" else "") + ") | "
+          f"step memory: "
+          + ("XLA's plan (args + temp + out) / torch.cuda.max_memory_allocated in one step"
+             if env["torch_device"] == "cuda" else
+             "process RSS increase during one step (sampled, after malloc_trim)") + f" | total {time.perf_counter() - t_start:.0f} s\n")
     print(markdown(rows))
     extra = breakdown_markdown(rows)
     if extra:

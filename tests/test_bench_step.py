@@ -36,3 +36,41 @@ def test_each_row_runs_in_its_own_process(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "each row in a fresh process of its own" in out and "| 48 | 1 | blended |" in out
     assert host_memory.is_applied() == applied_here  # the parent (this process) left its malloc alone
+
+
+def _timed_row(**extra):
+    row = {"gflop_per_step": 10.0, "jax_step_median_s": 0.5, "torch_step_median_s": 1.0, "peak_gflops": 100.0}
+    row.update(extra)
+    return row
+
+
+def test_flop_rates_on_cpu_use_xla_count():
+    row = bench_step.set_flop_rates(_timed_row(device="cpu:cpu", torch_gflop_per_eval=11.0))
+    assert row["flop_source"].startswith("XLA")
+    assert row["jax_gflops"] == pytest.approx(20.0) and row["torch_gflops"] == pytest.approx(10.0)
+    assert row["jax_pct_peak"] == pytest.approx(20.0) and row["torch_pct_peak"] == pytest.approx(10.0)
+
+
+def test_flop_rates_on_gpu_use_torch_count_once():
+    # XLA's GPU cost analysis does not count cuDNN's convolutions: the torch count replaces it
+    row = bench_step.set_flop_rates(_timed_row(device="gpu:NVIDIA H200", torch_gflop_per_eval=300.0))
+    assert row["xla_gflop_per_step"] == 10.0 and row["gflop_per_step"] == 300.0
+    assert row["jax_gflops"] == pytest.approx(600.0) and row["torch_pct_peak"] == pytest.approx(300.0)
+    again = bench_step.set_flop_rates(dict(row))  # a saved row read back (--table) keeps its counts
+    assert again["gflop_per_step"] == 300.0 and again["xla_gflop_per_step"] == 10.0
+
+
+def test_table_from_saved_rows(tmp_path, capsys):
+    saved = tmp_path / "rows.jsonl"
+    base = {"size": 64, "segments": 2, "approach": "blended", "optimizer": "adam", "conv": "auto", "pooling": "max",
+            "jax_compile_s": 1.0, "torch_first_step_s": 0.1, "torch_compile": False,
+            "jax_step_min_s": 0.4, "jax_step_max_s": 0.6, "torch_step_min_s": 0.9, "torch_step_max_s": 1.1,
+            "ratio": 0.5, "jax_xla_temp_mb": 5.0, "jax_cpu_util": 1.0, "torch_cpu_util": 1.0, "others_cpu_util": 0.0,
+            "loss0_rel_diff": 1e-6}
+    gpu = _timed_row(**base, device="gpu:NVIDIA H200", torch_gflop_per_eval=300.0, jax_step_gpu_mb=7.0,
+                     torch_step_gpu_mb=9.0)
+    saved.write_text(json.dumps(gpu) + "\n")
+    rows = bench_step.main(["--table", str(saved)])
+    assert rows[0]["gflop_per_step"] == 300.0
+    out = capsys.readouterr().out
+    assert "| 64 | 2 | blended |" in out and "GPU 7 / 9" in out and "600 (600%)" in out
