@@ -854,7 +854,7 @@ def main(argv=None):
           f"precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
           + (f", torch TF32 matmul {env['torch_matmul_allow_tf32']} / cuDNN {env['torch_cudnn_allow_tf32']}"
              if env["torch_device"] == "cuda" else "") + ") | "
-          f"step memory: "
+          "step memory: "
           + ("XLA's plan (args + temp + out) / torch.cuda.max_memory_allocated in one step"
              if env["torch_device"] == "cuda" else
              "process RSS increase during one step (sampled, after malloc_trim)") + f" | total {time.perf_counter() - t_start:.0f} s\n")

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, step_cache, winograd

@@ -15,7 +15,6 @@ from typing import Sequence
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 APPROACHES = ("multipass", "blended", "locality", "localized")
@@ -126,6 +125,6 @@ class LossWeights:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if (segments < 0).any() or (layers < 0).any() or not np.isfinite(segments).all() or not np.isfinite(layers).all():
             raise ValueError("segment and layer weights must be finite and >= 0")
-        f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        f32 = lambda v: jax.device_put(np.asarray(v, np.float32))  # noqa: E731  (jnp.asarray compiles)
         return cls(content=f32(content), style=f32(style), tv=f32(tv), segments=f32(segments),
                    layers=f32(layers), gamma=f32(gamma), rho=f32(rho))

@@ -89,7 +89,7 @@ def _features(model: VGG, params, image):
 
 def content_features(model: VGG, params, content, content_taps: Sequence[str]) -> dict:
     """``{tap: [h_l, w_l, c_l]}`` of the content image ``[h, w, 3]``."""
-    feats = _features(model, params, jnp.asarray(content, jnp.float32))
+    feats = _features(model, params, np.asarray(content, np.float32))
     return {t: feats[t] for t in content_taps}
 
 
@@ -107,10 +107,9 @@ def style_grams(model: VGG, params, style, regions=None) -> dict:
     Returns tap -> ``[J, c, c]``; ``regions=None`` means one region, the whole image (``J = 1``),
     which gives the plain Gram. ``model.taps`` must be the style taps.
     """
-    style = jnp.asarray(style, jnp.float32)
-    if regions is None:
-        regions = jnp.ones((1,) + style.shape[:2], jnp.float32)
-    regions = jnp.asarray(regions, jnp.float32)
+    # host arrays: jnp.asarray would compile a conversion per shape (about a second each on a GPU)
+    style = np.asarray(style, np.float32)
+    regions = np.ones((1,) + style.shape[:2], np.float32) if regions is None else np.asarray(regions, np.float32)
     if regions.shape[1:] != style.shape[:2]:
         raise ValueError(f"style region masks are {regions.shape[1:]}, style image is {style.shape[:2]}")
     return _region_grams(model, params, style, regions)
@@ -127,24 +126,39 @@ def segment_targets(model: VGG, params, style_images: Sequence[np.ndarray],
                     segment_styles: Sequence[SegmentStyle]) -> dict:
     """Per-segment target Grams ``{tap: [K, c, c]}``: the weighted mean of the (region) Grams of
     each segment's styles, weights normalized to sum 1."""
-    per_segment = []
-    cache: dict[int, dict] = {}
+    sources: list[dict] = []  # the Grams {tap: [1, c, c]} of each style (or style region) used
+    whole: dict[int, int] = {}  # style index -> its whole-image Grams' place in sources
+    coefficients = []  # per segment: (source, weight / total) pairs
     for seg in segment_styles:
         total = sum(w for _, w, _ in seg.parts)
         if total <= 0:
             raise ValueError("a segment's style weights must sum to a positive number")
-        acc = None
+        row = []
         for index, weight, region in seg.parts:
-            if region is None:
-                if index not in cache:
-                    cache[index] = {t: g[0] for t, g in style_grams(model, params, style_images[index]).items()}
-                grams = cache[index]
+            if region is None and index in whole:
+                source = whole[index]
             else:
-                grams = {t: g[0] for t, g in style_grams(model, params, style_images[index], region[None]).items()}
-            scaled = {t: g * (weight / total) for t, g in grams.items()}
-            acc = scaled if acc is None else {t: acc[t] + scaled[t] for t in acc}
-        per_segment.append(acc)
-    return {t: jnp.stack([s[t] for s in per_segment]) for t in per_segment[0]}
+                source = len(sources)
+                sources.append(style_grams(model, params, style_images[index], None if region is None else region[None]))
+                if region is None:
+                    whole[index] = source
+            row.append((source, weight / total))
+        coefficients.append(row)
+    mix = np.zeros((len(coefficients), len(sources)), np.float32)  # [K, P]
+    for k, row in enumerate(coefficients):
+        for source, w in row:
+            mix[k, source] += w
+    return _mix_grams(mix, sources)
+
+
+@jax.jit
+def _mix_grams(mix, sources) -> dict:
+    """``{tap: [K, c, c]}``: ``G_k = sum_p mix[k, p] G_p`` for ``mix`` ``[K, P]`` and the ``P``
+    sources' Grams ``{tap: [1, c, c]}``, in one program (op by op, each product and sum compiled a
+    program of its own)."""
+    return {t: jnp.einsum("kp,pij->kij", mix, jnp.concatenate([s[t] for s in sources]),
+                          precision=jax.lax.Precision.HIGHEST)
+            for t in sources[0]}
 
 
 def make_targets(config: StepConfig, model: VGG, params, content, seg_masks, style_targets) -> Targets:
@@ -156,7 +170,7 @@ def make_targets(config: StepConfig, model: VGG, params, content, seg_masks, sty
     dist = masks_lib.distance_to_outside(seg_masks) if config.use_locality else np.zeros_like(seg_masks)
     content_model = model.clone(taps=config.content_taps)
     return Targets(content=content_features(content_model, params, content, config.content_taps),
-                   style=dict(style_targets), masks=jnp.asarray(seg_masks), dist=jnp.asarray(dist))
+                   style=dict(style_targets), masks=jax.device_put(seg_masks), dist=jax.device_put(dist))
 
 
 def targets_spec(config: StepConfig, model: VGG, params) -> Targets:
@@ -316,15 +330,21 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 
-    def init(image) -> State:
-        image = jnp.asarray(image, jnp.float32)
-        expected = (config.num_images, config.height, config.width, 3) if config.approach == "multipass" \
-            else (config.height, config.width, 3)
-        if image.shape != expected:
-            raise ValueError(f"initial image has shape {image.shape}, expected {expected}")
+    @jax.jit
+    def fresh_state(image) -> State:
+        image = image.astype(jnp.float32)
         state = State(image=image, opt_state=optimizer.init(image), step=jnp.zeros((), jnp.int32))
         # Fresh buffers for every leaf: optimizer states may share arrays, which donation forbids.
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+    def init(image) -> State:
+        # one compiled program: run op by op, the optimizer's init compiled a program per operation
+        # (about a second each on a GPU)
+        expected = (config.num_images, config.height, config.width, 3) if config.approach == "multipass" \
+            else (config.height, config.width, 3)
+        if np.shape(image) != expected:
+            raise ValueError(f"initial image has shape {np.shape(image)}, expected {expected}")
+        return fresh_state(image if isinstance(image, jax.Array) else np.asarray(image))
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def update(state: State, targets: Targets, weights: LossWeights, variables):
@@ -504,7 +524,13 @@ def split_passes(config: StepConfig, targets: Targets, weights: LossWeights) -> 
 
 def composite(images, seg_masks) -> jax.Array:
     """Multipass compositing: ``sum_k M_k * x_k`` for ``images`` ``[K, h, w, 3]`` and ``masks`` ``[K, h, w]``."""
-    return jnp.einsum("khw,khwc->hwc", jnp.asarray(seg_masks, jnp.float32), jnp.asarray(images, jnp.float32))
+    as_f32 = lambda a: a.astype(jnp.float32) if isinstance(a, jax.Array) else np.asarray(a, np.float32)  # noqa: E731
+    return _composite(as_f32(images), as_f32(seg_masks))
+
+
+@jax.jit
+def _composite(images, seg_masks):
+    return jnp.einsum("khw,khwc->hwc", seg_masks, images, precision=jax.lax.Precision.HIGHEST)
 
 
 def noise_image(key, shape, content=None, ratio: float = 1.0) -> jax.Array:

@@ -34,15 +34,24 @@ from segstyle_jax.vgg import VGG
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _style_matrix(model: VGG, style_taps, params, image, seg_masks, style_grams, layer_weights):
-    """``[K, S]`` style distances for masks ``[K, h, w]`` and style Grams ``{tap: [S, c, c]}``."""
+    """``[K, S]`` style distances for masks ``[K, h, w]`` and the ``S`` style images' Grams, a list
+    of ``{tap: [1, c, c]}``."""
     feats = model.apply({"params": params}, image)
     lw = {t: layer_weights[i] for i, t in enumerate(style_taps)}
     layer_masks = jax.vmap(lambda m: masks_lib.layer_masks(m, style_taps))(seg_masks)
-    targets = {t: style_grams[t] for t in style_taps}
+    targets = {t: jnp.concatenate([g[t] for g in style_grams]) for t in style_taps}
     per_style = jax.vmap(losses.segments_style_loss, in_axes=(None, None, 0, None))  # -> [S, K]
     k = seg_masks.shape[0]
     tiled = {t: jnp.broadcast_to(g[:, None], (g.shape[0], k) + g.shape[1:]) for t, g in targets.items()}
     return per_style(feats, layer_masks, tiled, lw).T
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _content_distance(model: VGG, params, image, photo):
+    """Mean over ``model.taps`` of :func:`segstyle_jax.losses.content_loss` between the features of
+    ``image`` and ``photo`` (both ``[h, w, 3]``)."""
+    feats_x, feats_p = model.apply({"params": params}, image), model.apply({"params": params}, photo)
+    return jnp.mean(jnp.stack([losses.content_loss(feats_x[t], feats_p[t]) for t in model.taps]))
 
 
 def boundary_band(seg_masks: np.ndarray, band_px: float) -> np.ndarray:
@@ -76,21 +85,20 @@ def evaluate(model: VGG, params, image, content, seg_masks, labels: Sequence[str
     ``style_images`` for segment ``k``. ``band_px`` is the boundary band width in pixels.
     """
     style_taps, content_taps = tuple(style_taps), tuple(content_taps)
-    layer_weights = jnp.ones(len(style_taps)) if layer_weights is None else jnp.asarray(layer_weights, jnp.float32)
+    # host arrays and whole compiled programs: op by op (and jnp.asarray on host arrays), every
+    # operation compiled a program of its own, about a second each on a GPU
+    layer_weights = np.ones(len(style_taps), np.float32) if layer_weights is None \
+        else np.asarray(layer_weights, np.float32)
     style_model = model.clone(taps=style_taps)
-    per_style = [style_grams(style_model, params, s) for s in style_images]
-    grams = {t: jnp.concatenate([g[t] for g in per_style]) for t in style_taps}
-    image = jnp.asarray(image, jnp.float32)
+    grams = [style_grams(style_model, params, s) for s in style_images]
+    image = np.asarray(image, np.float32)
     seg_masks = np.asarray(seg_masks, np.float32)
-    full = np.asarray(_style_matrix(model, style_taps, params, image, jnp.asarray(seg_masks), grams, layer_weights))
+    full = np.asarray(_style_matrix(model, style_taps, params, image, seg_masks, grams, layer_weights))
     band_masks = boundary_band(seg_masks, band_px)
-    band = np.asarray(_style_matrix(model, style_taps, params, image, jnp.asarray(band_masks), grams, layer_weights))
-    photo = jnp.asarray(content, jnp.float32)
-    band_photo = np.asarray(_style_matrix(model, style_taps, params, photo, jnp.asarray(band_masks), grams, layer_weights))
-
-    feats_x = model.clone(taps=content_taps).apply({"params": params}, image)
-    feats_p = model.clone(taps=content_taps).apply({"params": params}, jnp.asarray(content, jnp.float32))
-    content_distance = float(np.mean([losses.content_loss(feats_x[t], feats_p[t]) for t in content_taps]))
+    band = np.asarray(_style_matrix(model, style_taps, params, image, band_masks, grams, layer_weights))
+    photo = np.asarray(content, np.float32)
+    band_photo = np.asarray(_style_matrix(model, style_taps, params, photo, band_masks, grams, layer_weights))
+    content_distance = float(_content_distance(model.clone(taps=content_taps), params, image, photo))
 
     segments = _summary(full, own_style, style_names, labels)
     band_rows = _summary(band, own_style, style_names, labels)

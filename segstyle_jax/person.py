@@ -156,9 +156,10 @@ class SelfieParams:
         return int(shape[1]), int(shape[2])
 
     def device_params(self):
-        """The parameters as jax arrays (transferred once)."""
+        """The parameters as jax arrays (transferred once; ``jax.device_put``, since ``jnp.asarray``
+        compiles a conversion per array shape, about a second each on a GPU)."""
         if self._device is None:
-            self._device = jax.tree_util.tree_map(jnp.asarray, self.params)
+            self._device = jax.device_put(self.params)
         return self._device
 
 
@@ -419,7 +420,7 @@ def _jitted(graph: Mapping):
 def run_network(x, params: SelfieParams | None = None) -> np.ndarray:
     """The jitted network on ``x`` ``[n, 256, 256, 3]`` (or one ``[256, 256, 3]``) -> ``[n, 256, 256]``."""
     model = _resolve(params)
-    x = jnp.asarray(x, jnp.float32)
+    x = np.asarray(x, np.float32)
     single = x.ndim == 3
     if single:
         x = x[None]
@@ -459,8 +460,14 @@ def prepare_input(image, hw: tuple[int, int] = (256, 256)) -> np.ndarray:
     img = load_image(image)
     if img.shape[:2] == tuple(hw):
         return img
-    out = jax.image.resize(jnp.asarray(img), (*hw, 3), method="linear", antialias=True)
-    return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+    return np.clip(np.asarray(_resize_linear(img, (*hw, 3)), np.float32), 0.0, 1.0)
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _resize_linear(x, shape):
+    """``jax.image.resize`` (linear, antialiased) as one compiled program: run op by op it compiled
+    a program per operation (about a second each on a GPU)."""
+    return jax.image.resize(x, shape, method="linear", antialias=True)
 
 
 def segment_person(image, params: SelfieParams | str | os.PathLike | None = None) -> np.ndarray:
@@ -476,7 +483,7 @@ def segment_person(image, params: SelfieParams | str | os.PathLike | None = None
     prob = run_network(prepare_input(img, model.input_hw), model)
     h, w = img.shape[:2]
     if (h, w) != prob.shape:
-        prob = np.asarray(jax.image.resize(jnp.asarray(prob), (h, w), method="linear", antialias=True))
+        prob = np.asarray(_resize_linear(prob, (h, w)))
     return np.clip(prob, 0.0, 1.0).astype(np.float32)
 
 

@@ -210,3 +210,26 @@ def test_the_next_scale_need_is_guessed_from_its_pixel_count():
     assert api._need_with_next_scale(100, small, large) == 400   # 4x the pixels
     assert api._need_with_next_scale(400, large, small) == 400   # this scale's own need is the larger
     assert api._need_with_next_scale(100, small, None) == 100 and api._need_with_next_scale(None, small, large) is None
+
+
+def test_a_run_compiles_a_handful_of_programs(tiny_scene, random_weights):
+    """Everything outside the step runs as a few whole compiled programs, not op by op: on a GPU
+    every program compiles for about a second, and a 256 px demo spent minutes compiling single
+    operations (62 programs for one run before; jnp.asarray on a host array alone compiles one)."""
+    import jax.monitoring
+
+    compiled = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:  # a size no other test uses, so nothing is compiled already
+        r = run(tiny_scene, random_weights, approach="locality", size=44)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert r.metrics is not None
+    # style Grams (one per style image size), their mix, content features, init, the step, the
+    # metrics' style matrix and content distance
+    assert 1 <= len(compiled) <= 9, len(compiled)
