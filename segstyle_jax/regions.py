@@ -164,7 +164,7 @@ def kmeans(points, k: int, key, iters: int = 25, n_init: int = 4):
     points than ``k`` some centres coincide and their clusters stay empty (``assignment`` then uses
     fewer than ``k`` values). Requires ``1 <= k <= N``.
     """
-    points = jnp.asarray(points, jnp.float32)
+    points = points.astype(jnp.float32) if isinstance(points, jax.Array) else np.asarray(points, np.float32)
     if points.ndim != 2:
         raise ValueError(f"points must be [N, D]; got shape {points.shape}")
     k, iters = int(k), int(iters)
@@ -175,7 +175,7 @@ def kmeans(points, k: int, key, iters: int = 25, n_init: int = 4):
         raise ValueError(f"iters must be >= 0; got {iters}")
     if int(n_init) < 1:
         raise ValueError(f"n_init must be >= 1; got {n_init}")
-    if not bool(jnp.all(jnp.isfinite(points))):
+    if not bool(np.isfinite(np.asarray(points)).all()):
         raise ValueError("points contain non-finite values")
     if isinstance(key, (int, np.integer)):
         key = jax.random.PRNGKey(int(key))
@@ -457,9 +457,10 @@ def kmeans_segmentation(image, k: int, weights=None, seed: int = 0, position_wei
                          f"pixels per side): raise work_size or use an earlier tap")
     work = resize_to(img, (hw, ww))
     fn = _feature_fn(weights.arch, tap, tuple(map(float, weights.mean)), tuple(map(float, weights.std)))
-    params = jax.tree_util.tree_map(jnp.asarray, _needed_params(weights.params, weights.arch, tap))
-    points = fn(params, jnp.asarray(work), jnp.asarray(_lab(work)), jnp.asarray(_positions(hw, ww)),
-                jnp.float32(color_weight), jnp.float32(position_weight))
+    # host arrays straight into the compiled function: jnp.asarray would compile a conversion per array
+    params = _needed_params(weights.params, weights.arch, tap)
+    points = fn(params, np.asarray(work, np.float32), np.asarray(_lab(work), np.float32),
+                np.asarray(_positions(hw, ww), np.float32), np.float32(color_weight), np.float32(position_weight))
     _, assignment = kmeans(points, k, jax.random.PRNGKey(int(seed)))
     labels_work = np.asarray(assignment).reshape(hw, ww)
     return _finish(labels_work, k, img.shape[:2], smooth_px, float(min_fraction), f"kmeans:{k}")
