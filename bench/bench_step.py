@@ -779,7 +779,7 @@ def main(argv=None):
     p.add_argument("--precision", default="default", choices=PRECISIONS,
                    help="float32 convolutions and matrix products on a GPU, in both frameworks: default (each "
                         "framework's own: TF32 convolutions in both, TF32 dots in JAX, float32 matmuls in "
-                        "PyTorch), tf32 or fp32 (full float32 in both); no effect on CPU")
+                        "PyTorch), tf32 or fp32 (full float32 in both); for GPUs (CPUs have no TF32)")
     p.add_argument("--peak-n", type=int, help="matrix size of the peak measurement (default 2048 quick, else 4096)")
     p.add_argument("--no-flop-count", dest="flop_count", action="store_false",
                    help="skip the torch FlopCounterMode cross-check")

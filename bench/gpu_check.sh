@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The checks only a GPU can make, in one run of about 7 minutes on an H200 (what a short GPU lease
+# allows): the step against PyTorch with TF32 in both frameworks and with each one's defaults, in
+# the same run, and the demo's wall time and number of compiled programs.
+#
+#   bash bench/gpu_check.sh [OUTDIR]     # default OUTDIR: gpu_check
+#   QUICK=1 bash bench/gpu_check.sh      # tiny sizes: try the script itself on a CPU first
+#
+# Writes OUTDIR/log.txt, OUTDIR/rows.jsonl (bench_step rows; `python bench/bench_step.py --table
+# OUTDIR/rows.jsonl` prints them) and OUTDIR/demo/ (the demo's pictures and metrics). Every part has
+# its own time limit, so one that hangs does not cost the others. Needs the default VGG16 weights
+# (weights/vgg16_imagenet.npz) and the selfie model (weights/selfie_segmentation.npz) in place.
+set -o pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu_check}
+mkdir -p "$out"
+log=$out/log.txt
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+bench="python3 bench/bench_step.py --one-process --malloc glibc --jsonl $out/rows.jsonl"
+if [ -n "$QUICK" ]; then
+  sizes_small="64" sizes_large="96" demo_size=64 demo_steps=3 steps=3 peak=512
+else
+  sizes_small="512" sizes_large="2048" demo_size=256 demo_steps=50 steps=15 peak=8192
+fi
+start=$(date +%s)
+mark() { echo "## $(( $(date +%s) - start )) s: $*" | tee -a "$log"; }
+
+mark environment
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+  python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee -a "$log"
+
+for precision in tf32 default; do
+  mark "step table, precision $precision"
+  timeout 170 $bench --peak-n $peak --precision $precision --sizes $sizes_small --segments 2 \
+    --approaches multipass blended locality localized --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
+  timeout 70 $bench --peak-n $peak --precision $precision --sizes $sizes_large --segments 2 \
+    --approaches multipass locality --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
+done
+
+mark "demo, ${demo_size} px, $demo_steps steps per approach"
+timeout 150 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
+import sys
+import time
+
+import jax.monitoring
+
+from segstyle_jax.cli import main
+
+compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kw: compiles.append(seconds) if event == "/jax/core/compile/backend_compile_duration" else None)
+out, size, steps = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+rc = main(["demo", "--size", size, "--steps", steps, "-o", out, "--compile-cache", "off"])
+print(f"demo: exit {rc}, {time.perf_counter() - t0:.1f} s, {len(compiles)} programs compiled "
+      f"({sum(compiles):.1f} s of XLA compiling)")
+EOF
+mark done
