@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks only a GPU can make, in one run of about 7 minutes on an H200 (what a short GPU lease
-# allows): the step against PyTorch with TF32 in both frameworks and with each one's defaults, in
+# The checks only a GPU can make, in one run of at most 9 minutes (each part has a time limit; what a short GPU lease
+# allows, on an H200): the step against PyTorch with TF32 in both frameworks and with each one's defaults, in
 # the same run, and the demo's wall time and number of compiled programs.
 #
 #   bash bench/gpu_check.sh [OUTDIR]     # default OUTDIR: gpu_check
@@ -32,14 +32,14 @@ mark environment
 
 for precision in tf32 default; do
   mark "step table, precision $precision"
-  timeout 170 $bench --peak-n $peak --precision $precision --sizes $sizes_small --segments 2 \
+  timeout 150 $bench --peak-n $peak --precision $precision --sizes $sizes_small --segments 2 \
     --approaches multipass blended locality localized --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
-  timeout 70 $bench --peak-n $peak --precision $precision --sizes $sizes_large --segments 2 \
+  timeout 60 $bench --peak-n $peak --precision $precision --sizes $sizes_large --segments 2 \
     --approaches multipass locality --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
 done
 
 mark "demo, ${demo_size} px, $demo_steps steps per approach"
-timeout 150 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
+timeout 120 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
 import sys
 import time
 
