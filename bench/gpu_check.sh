@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The checks only a GPU can make, in one run of at most 9 minutes (each part has a time limit; what a short GPU lease
-# allows, on an H200): the step against PyTorch with TF32 in both frameworks and with each one's defaults, in
-# the same run, and the demo's wall time and number of compiled programs.
+# The checks only a GPU can make, in one run of at most 9 minutes (each part has its own time
+# limit; a short GPU lease allows that): the step against PyTorch with TF32 in both frameworks and
+# with each one's defaults, in the same run, and the demo's wall time and compiled programs.
 #
 #   bash bench/gpu_check.sh [OUTDIR]     # default OUTDIR: gpu_check
 #   QUICK=1 bash bench/gpu_check.sh      # tiny sizes: try the script itself on a CPU first
