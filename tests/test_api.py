@@ -230,6 +230,6 @@ def test_a_run_compiles_a_handful_of_programs(tiny_scene, random_weights):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert r.metrics is not None
-    # style Grams (one per style image size), their mix, content features, init, the step, the
-    # metrics' style matrix and content distance
-    assert 1 <= len(compiled) <= 9, len(compiled)
+    # style Grams (one per style image size), content features, init, the step, the metrics' style
+    # matrix and content distance (6 here; one spare)
+    assert 1 <= len(compiled) <= 7, len(compiled)
