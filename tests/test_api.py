@@ -215,7 +215,7 @@ def test_the_next_scale_need_is_guessed_from_its_pixel_count():
 def test_a_run_compiles_a_handful_of_programs(tiny_scene, random_weights):
     """Everything outside the step runs as a few whole compiled programs, not op by op: on a GPU
     every program compiles for about a second, and a 256 px demo spent minutes compiling single
-    operations (62 programs for one run before; jnp.asarray on a host array alone compiles one)."""
+    operations (this run compiled 40 programs before; jnp.asarray on a host array alone compiles one)."""
     import jax.monitoring
 
     compiled = []
