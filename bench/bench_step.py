@@ -406,8 +406,8 @@ def set_flop_rates(row: dict) -> dict:
     alone, and ``gflop_per_step`` becomes PyTorch's flop counter's count of one loss + gradient
     (``torch_gflop_per_eval``; on CPU it runs 8-14% above XLA's count of the same step).
     ``flop_source`` says which count a row's rates use."""
-    platform = row.get("platform") or row.get("device", "cpu").split(":")[0]
-    if platform != "cpu" and "flop_source" not in row and "torch_gflop_per_eval" in row:
+    backend = row.get("platform") or row.get("device", "cpu").split(":")[0]
+    if backend != "cpu" and "flop_source" not in row and "torch_gflop_per_eval" in row:
         row["xla_gflop_per_step"] = row["gflop_per_step"]
         row["gflop_per_step"] = row["torch_gflop_per_eval"]
         row["flop_source"] = "torch flop counter, one loss + gradient (XLA's GPU count leaves out cuDNN)"
@@ -461,8 +461,8 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     row["gflop_per_step_executed"] = cost.get("flops", float("nan")) / 1e9
     # The mathematics' FLOPs: XLA's count of the same step with direct convolutions (Winograd does
     # fewer multiplications for the same result; rates below are "effective", on this count).
-    platform = jax.devices()[0].platform
-    if all(a == "direct" for a in vgg.conv_algorithms(weights.arch, conv, size, size, platform).values()):
+    backend = jax.devices()[0].platform
+    if all(a == "direct" for a in vgg.conv_algorithms(weights.arch, conv, size, size, backend).values()):
         row["gflop_per_step"] = row["gflop_per_step_executed"]
     else:
         _, direct_update = engine.make_update_fn(cfg, model, params=jparams)
@@ -536,7 +536,7 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     if optimizer == "lbfgs":
         row["jax_linesearch_steps"] = ls_steps
         row["torch_evals_per_step"] = evals["n"] / max(args.steps, 1)
-    row["platform"] = jax.devices()[0].platform
+    row["platform"] = backend
     row.update(peak)
     set_flop_rates(row)
     stats = jax.devices()[0].memory_stats()

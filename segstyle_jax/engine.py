@@ -82,6 +82,14 @@ class State:
 # targets (computed once, outside the hot loop)
 
 
+def as_float32(a):
+    """``a`` as float32 without compiling anything: a jax array stays on its device (``astype``, a
+    no-op when it is float32 already), anything else becomes a NumPy array for the compiled call it
+    goes to. ``jnp.asarray`` on a host array compiles a conversion program per shape, about a
+    second each on a GPU."""
+    return a.astype(jnp.float32) if isinstance(a, jax.Array) else np.asarray(a, np.float32)
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _features(model: VGG, params, image):
     return model.apply({"params": params}, image)
@@ -324,8 +332,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 
     @jax.jit
-    def fresh_state(image) -> State:
-        image = image.astype(jnp.float32)
+    def fresh_state(image) -> State:  # image: float32 (as_float32)
         state = State(image=image, opt_state=optimizer.init(image), step=jnp.zeros((), jnp.int32))
         # Fresh buffers for every leaf: optimizer states may share arrays, which donation forbids.
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
@@ -337,7 +344,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
             else (config.height, config.width, 3)
         if np.shape(image) != expected:
             raise ValueError(f"initial image has shape {np.shape(image)}, expected {expected}")
-        return fresh_state(image if isinstance(image, jax.Array) else np.asarray(image))
+        return fresh_state(as_float32(image))
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def update(state: State, targets: Targets, weights: LossWeights, variables):
@@ -517,8 +524,7 @@ def split_passes(config: StepConfig, targets: Targets, weights: LossWeights) -> 
 
 def composite(images, seg_masks) -> jax.Array:
     """Multipass compositing: ``sum_k M_k * x_k`` for ``images`` ``[K, h, w, 3]`` and ``masks`` ``[K, h, w]``."""
-    as_f32 = lambda a: a.astype(jnp.float32) if isinstance(a, jax.Array) else np.asarray(a, np.float32)  # noqa: E731
-    return _composite(as_f32(images), as_f32(seg_masks))
+    return _composite(as_float32(images), as_float32(seg_masks))
 
 
 @jax.jit

@@ -54,6 +54,7 @@ import numpy as np
 from jax import lax
 
 from segstyle_jax import vgg
+from segstyle_jax.engine import as_float32
 from segstyle_jax.masks import Segmentation, from_label_map
 
 __all__ = [
@@ -164,7 +165,7 @@ def kmeans(points, k: int, key, iters: int = 25, n_init: int = 4):
     points than ``k`` some centres coincide and their clusters stay empty (``assignment`` then uses
     fewer than ``k`` values). Requires ``1 <= k <= N``.
     """
-    points = points.astype(jnp.float32) if isinstance(points, jax.Array) else np.asarray(points, np.float32)
+    points = as_float32(points)
     if points.ndim != 2:
         raise ValueError(f"points must be [N, D]; got shape {points.shape}")
     k, iters = int(k), int(iters)
