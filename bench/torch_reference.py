@@ -103,9 +103,12 @@ class VGGFeatures(nn.Module):
     """torchvision's VGG ``features`` as an ``nn.Sequential``; ``forward`` returns ``{tap: [N, c, h, w]}``.
 
     Only the layers up to the deepest requested tap are built. Input: NCHW RGB in [0, 1].
+    ``dtype``: what the layers compute in (``torch.bfloat16``: the preprocessed input and the layers'
+    weights rounded to it); the returned features are float32 either way.
     """
 
-    def __init__(self, params: Mapping, metadata: Mapping, taps: Sequence[str], pooling: str = "max"):
+    def __init__(self, params: Mapping, metadata: Mapping, taps: Sequence[str], pooling: str = "max",
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         arch = metadata["arch"]
         names = layer_names(arch)
@@ -131,16 +134,18 @@ class VGGFeatures(nn.Module):
         pre = metadata["preprocessing"]
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.dtype = dtype
+        self.layers.to(dtype)
         for p in self.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).to(self.dtype)
         out = {}
         for name, layer in zip(self.names, self.layers):
             x = layer(x)
             if name in self.taps:
-                out[name] = x
+                out[name] = x.float()
         return out
 
 
@@ -234,6 +239,8 @@ class TorchStyleTransfer:
       init: initial image (NHWC); default the content (``K`` copies for multipass).
       compile: wrap the loss in ``torch.compile``.
       device: torch device.
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: what the VGG layers of the loss compute in (the
+        features come back as float32; the targets are computed in float32).
     """
 
     def __init__(self, weights, approach: str, content, masks, style_images, segment_styles, *,
@@ -243,13 +250,16 @@ class TorchStyleTransfer:
                  segment_weights: Sequence[float] | None = None, layer_weights: Sequence[float] | None = None,
                  gamma: float = 0.8, rho: float = 8.0, optimizer: str = "adam", learning_rate: float = 0.02,
                  lbfgs_memory: int = 10, clip: bool = True, init=None, compile: bool = False,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", compute_dtype: str = "float32"):
         if approach not in APPROACHES:
             raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
         self.approach, self.device, self.clip = approach, torch.device(device), clip
         self.style_taps, self.content_taps = tuple(style_taps), tuple(content_taps)
         taps = self.style_taps + tuple(t for t in self.content_taps if t not in self.style_taps)
         params, metadata = read_weights(weights)
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if compute_dtype not in dtypes:
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype!r}")
         self.vgg = VGGFeatures(params, metadata, taps, pooling).to(self.device).eval()
         masks = np.asarray(masks, np.float32)
         self.K = masks.shape[0]
@@ -288,6 +298,8 @@ class TorchStyleTransfer:
                 g, r = min(max(float(gamma), 0.0), 1.0), max(float(rho), 1e-3)
                 m = m * (1 - g * torch.exp(-d / r))
             self.layer_masks = pooled_masks(m, self.style_taps)
+        if compute_dtype != "float32":  # the targets above in float32, the loss's VGG in compute_dtype
+            self.vgg = VGGFeatures(params, metadata, taps, pooling, dtypes[compute_dtype]).to(self.device).eval()
 
         self.batched = approach == "multipass"
         if init is None:
@@ -375,7 +387,8 @@ def from_step_config(weights, config, loss_weights, content, masks, style_images
         content_weight=float(lw.content), style_weight=float(lw.style), tv_weight=float(lw.tv),
         segment_weights=np.asarray(lw.segments), layer_weights=np.asarray(lw.layers),
         gamma=float(lw.gamma), rho=float(lw.rho), optimizer=config.optimizer,
-        learning_rate=config.learning_rate, lbfgs_memory=config.lbfgs_memory, clip=config.clip, **kwargs)
+        learning_rate=config.learning_rate, lbfgs_memory=config.lbfgs_memory, clip=config.clip,
+        compute_dtype=getattr(config, "compute_dtype", "float32"), **kwargs)
 
 
 __all__ = ["TorchStyleTransfer", "VGGFeatures", "from_step_config", "hwio_to_oihw", "read_weights",

@@ -181,6 +181,7 @@ def stylize(
     callback: Callable[[Progress], None] | None = None,
     batch_passes: bool | None = None,
     conv: str = "auto",
+    compute_dtype: str = "float32",
 ) -> Result:
     """Stylize ``content`` with one style per segment.
 
@@ -226,6 +227,9 @@ def stylize(
         scale with few steps or pixels keeps the faster-compiling direct convolution, fewer when
         :mod:`segstyle_jax.compile_cache` is on: :func:`segstyle_jax.winograd.worth_compiling`), ``direct``
         never uses Winograd, ``winograd`` / ``winograd2x2`` use ``F(4x4)`` / ``F(2x2)`` for every layer.
+      compute_dtype: ``float32`` or ``bfloat16``: what the step's VGG layers compute in
+        (:class:`~segstyle_jax.config.StepConfig`); ``bfloat16`` is for GPUs (README, "Speed"). The
+        targets and the metrics are computed in float32 either way.
 
     Each scale's compiled step is kept for later calls in this process with the same shapes and
     settings (:mod:`segstyle_jax.step_cache`), which then start stepping at once.
@@ -305,7 +309,7 @@ def stylize(
                 raise ValueError(f"segment {label!r} vanishes at {hw[1]}x{hw[0]} px; use a larger size")
         config = StepConfig(approach, hw[0], hw[1], seg.num_segments, tuple(style_layers), tuple(content_layers),
                             pooling=pooling, optimizer=optimizer, learning_rate=learning_rate,
-                            lbfgs_memory=lbfgs_memory)
+                            lbfgs_memory=lbfgs_memory, compute_dtype=compute_dtype)
         loss_weights = LossWeights.create(
             config, content=content_weight, style=style_weight, tv=tv_weight,
             segments=[segment_weights.get(label, 1.0) for label in seg.labels],

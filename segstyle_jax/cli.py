@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segstyle_jax import __version__, compile_cache, host_memory, winograd
-from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
+from segstyle_jax.config import APPROACHES, COMPUTE_DTYPES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, OPTIMIZERS
 
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)  # WeightsError and ImageError are ValueErrors
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="convolution algorithm of the step (the same result up to float rounding): auto "
                             "(default: per layer, Winograd on CPU where it was faster), direct (XLA's), "
                             "winograd (F(4x4, 3x3) everywhere) or winograd2x2 (F(2x2, 3x3) everywhere)")
+    _add_compute_dtype(model)
     _add_compile_cache(model)
     p.set_defaults(func=cmd_stylize)
 
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160, help="longest side in pixels (default 160: about 2.5 min on 2 CPU cores)")
     p.add_argument("--steps", type=int, default=100, help="Adam steps per approach (default 100)")
     p.add_argument("--approach", choices=APPROACHES, default="locality", help="the approach for result.png")
+    _add_compute_dtype(p)
     _add_compile_cache(p)
     p.set_defaults(func=cmd_demo)
 
@@ -335,7 +337,7 @@ def cmd_stylize(args) -> int:
             lbfgs_memory=args.lbfgs_memory, style_scale=args.style_scale,
             pooling=args.pooling, preserve_color=preserve, feather_px=args.feather, weights=weights,
             compute_metrics=bool(args.metrics) or args.compare, callback=callback,
-            batch_passes=PASSES[args.passes], conv=args.conv)
+            batch_passes=PASSES[args.passes], conv=args.conv, compute_dtype=args.compute_dtype)
         r = results[approach]
         if r.stopped != "completed":
             print(f"warning: {approach}: {r.stopped}", file=sys.stderr)
@@ -399,7 +401,8 @@ def cmd_demo(args) -> int:
     results = {}
     for approach in APPROACHES:
         results[approach] = api.stylize(content, segmentation, styles, approach, steps=args.steps, size=args.size,
-                                        weights=weights, callback=ProgressBar(f"{approach:>9}"))
+                                        weights=weights, compute_dtype=args.compute_dtype,
+                                        callback=ProgressBar(f"{approach:>9}"))
     images.save_image(out / "result.png", results[args.approach].image)
     sheet = images.labelled_sheet([photo] + [r.image for r in results.values()], ["content", *results])
     images.save_image(out / "compare.png", sheet)
@@ -465,6 +468,12 @@ def cmd_info(args) -> int:
         for tap in taps:
             print(f"  {tap:8s} {tuple(feats[tap].shape)}  mean {float(feats[tap].mean()):.3f}")
     return 0
+
+
+def _add_compute_dtype(group) -> None:
+    group.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                       help="what the step's VGG layers compute in (default float32); bfloat16 is for GPUs, where "
+                            "it is faster (README, Speed); targets and metrics stay float32")
 
 
 def _add_compile_cache(group) -> None:

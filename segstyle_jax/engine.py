@@ -320,9 +320,13 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     (:mod:`segstyle_jax.device_variables`). Compiled into the program as constants instead, they
     made it 80 MB of StableHLO (280 MB with the transforms) and a 130 MB entry in XLA's persistent
     cache (:mod:`segstyle_jax.compile_cache`); step times are in the README ("Speed").
+
+    The model's layers compute in ``config.compute_dtype`` whatever ``model.dtype`` says (the
+    parameters stay float32 on the device and are rounded inside the program).
     """
     if tuple(model.taps) != config.taps:
         raise ValueError(f"model taps {model.taps} differ from the config's {config.taps}")
+    model = model.clone(dtype=config.compute_dtype)  # the config says what the step computes in
     names = layer_names(model.arch)
     run = names[: max(names.index(t) for t in model.taps) + 1]  # the layers the model computes
     params = {name: jax.tree.map(lambda a: np.asarray(a, np.float32), p) for name, p in params.items() if name in run}

@@ -17,6 +17,10 @@ Conventions (stated here once; everything else refers to this module):
   ``F(4x4, 3x3)`` (``'winograd'``; ``'winograd2x2'`` for ``F(2x2, 3x3)``; :mod:`segstyle_jax.winograd`):
   the same function up to float rounding; ``'auto'`` picks per layer what was faster on this
   project's benchmark (:func:`conv_algorithms`).
+* ``dtype``: what the convolutions, ReLUs and poolings compute in: ``'float32'`` (default) or
+  ``'bfloat16'`` (the input is preprocessed in float32 and then rounded, the kernels and biases are
+  rounded, XLA accumulates each convolution in float32 and rounds its output). The returned
+  activations are always float32, so what follows them (Grams, losses) runs in float32.
 
 The model does no I/O; weights are read by :mod:`segstyle_jax.weights`.
 """
@@ -31,6 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from segstyle_jax import winograd
+
+DTYPES = ("float32", "bfloat16")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,6 +184,8 @@ class VGG(nn.Module):
       mean, std: per-channel preprocessing applied to the [0, 1] RGB input.
       conv: convolution algorithm, ``'direct'`` (default), ``'auto'``, ``'winograd'`` or
         ``'winograd2x2'`` (:mod:`segstyle_jax.winograd`).
+      dtype: ``'float32'`` (default) or ``'bfloat16'``: what the layers compute in (module
+        docstring); the returned activations are float32 either way.
 
     ``__call__(x)``: ``x`` is ``[N, h, w, 3]`` or ``[h, w, 3]`` RGB in [0, 1]; returns a dict
     mapping each tap to ``[N, h_l, w_l, c_l]`` (or ``[h_l, w_l, c_l]``), where
@@ -190,6 +198,7 @@ class VGG(nn.Module):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     conv: str = "direct"
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
@@ -201,6 +210,8 @@ class VGG(nn.Module):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         if self.conv not in winograd.ALGORITHMS:
             raise ValueError(f"conv must be one of {winograd.ALGORITHMS}, got {self.conv!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         unbatched = x.ndim == 3
         if unbatched:
             x = x[None]
@@ -208,6 +219,7 @@ class VGG(nn.Module):
             raise ValueError(f"expected RGB images [N, h, w, 3], got shape {x.shape}")
 
         x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        x = x.astype(self.dtype)  # a no-op for float32
         deepest = max(names.index(t) for t in self.taps)
         shapes = conv_shapes(self.arch)
         algorithms = conv_algorithms(self.arch, self.conv, x.shape[1], x.shape[2], jax.default_backend())
@@ -220,5 +232,5 @@ class VGG(nn.Module):
             else:
                 x = pool_2x2(x, self.pooling)
             if name in self.taps:
-                out[name] = x[0] if unbatched else x
+                out[name] = (x[0] if unbatched else x).astype(jnp.float32)
         return out

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segstyle_jax import api
 from segstyle_jax.cli import main
 
 
@@ -150,6 +151,17 @@ def test_convolution_algorithm_option(files, random_weights_file):
     assert Image.open(out).size == (40, 33)
     with pytest.raises(SystemExit):
         main(base_args(files, random_weights_file, "--output", str(out), "--conv", "fft"))
+
+
+def test_compute_dtype_option(files, random_weights_file, monkeypatch):
+    seen = []
+    stylize = api.stylize
+    monkeypatch.setattr(api, "stylize", lambda *a, **kw: seen.append(kw["compute_dtype"]) or stylize(*a, **kw))
+    out = files / "bf16.png"
+    assert main(base_args(files, random_weights_file, "--output", str(out), "--compute-dtype", "bfloat16")) == 0
+    assert seen == ["bfloat16"] and Image.open(out).size == (40, 33)
+    with pytest.raises(SystemExit):
+        main(base_args(files, random_weights_file, "--output", str(out), "--compute-dtype", "float16"))
 
 
 def test_multipass_one_pass_at_a_time(files, random_weights_file, capsys):

@@ -5,6 +5,7 @@ the JAX engine and the PyTorch reference then see the same weight file, images, 
 Images are tiny and non-square (48 x 40, styles 44 x 36) so odd sizes after pooling are exercised.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -186,6 +187,34 @@ def test_average_pooling_step_matches_torch(weights, images, approach):
     assert rel_err(t_grad, state.opt_state[0]) < RTOL
     max_value, _ = build(weights, images, approach, two_segments())[4].loss_and_grad(init)
     assert abs(max_value - t_value) / abs(t_value) > 1e-3
+
+
+def test_bfloat16_step_stays_close_to_float32_and_to_torch_in_bfloat16(weights, images):
+    """``compute_dtype='bfloat16'``: the VGG layers round to bfloat16 (so the loss moves off the
+    float32 one, but by well under 1%, and the gradient keeps its direction), PyTorch's bfloat16 VGG
+    computes the same, and the image and optimizer state stay float32."""
+    seg_masks = two_segments()
+    cfg, lw, model, tg, _, init = build(weights, images, "locality", seg_masks)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        c = dataclasses.replace(cfg, compute_dtype=dtype)
+        init_fn, update = engine.make_update_fn(c, model, optax.chain(record_gradient(), optax.adam(c.learning_rate)),
+                                                params=weights.params)
+        state, info = update(init_fn(init), tg, lw)
+        results[dtype] = float(info["loss"]), np.asarray(state.opt_state[0])
+        assert state.image.dtype == jnp.float32
+    (v32, g32), (v16, g16) = results["float32"], results["bfloat16"]
+    content, styles = images
+    torch16 = ref.from_step_config(weights, dataclasses.replace(cfg, compute_dtype="bfloat16"), lw, content, seg_masks,
+                                   styles, segment_styles("locality", 2), init=init)
+    t16, tg16 = torch16.loss_and_grad(init)
+
+    def cosine(a, b):
+        return float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert 1e-6 < abs(v16 - v32) / v32 < 5e-3  # rounded, and not by much (measured: 5e-4)
+    assert abs(t16 - v16) / v16 < 5e-3
+    assert cosine(g16, g32) > 0.98 and cosine(tg16, g16) > 0.98  # measured: 0.995, 0.994
 
 
 def test_recorded_gradient_is_value_and_grad_of_the_loss(weights, images):

@@ -55,6 +55,23 @@ def test_computes_only_up_to_the_deepest_tap(tmp_path):
     assert out["relu1_2"].shape == (16, 16, 64) and out["relu2_1"].shape == (8, 8, 128)
 
 
+def test_bfloat16_layers_return_float32_features_close_to_float32(random_weights):
+    x = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (20, 24, 3)).astype(np.float32))
+    taps = ("relu1_1", "relu3_1")
+    full = random_weights.model(taps)
+    half = full.clone(dtype="bfloat16")
+    f32, b16 = full.apply(random_weights.variables(), x), half.apply(random_weights.variables(), x)
+    jaxpr = jax.make_jaxpr(half.apply)(random_weights.variables(), x)
+    conv_dtypes = {str(e.invars[0].aval.dtype) for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"}
+    assert conv_dtypes == {"bfloat16"}  # the convolutions do run in bfloat16
+    for tap in taps:
+        assert b16[tap].dtype == jnp.float32
+        err = float(jnp.abs(b16[tap] - f32[tap]).max() / jnp.abs(f32[tap]).max())
+        assert 1e-5 < err < 3e-2, (tap, err)  # rounded (not identical), but only by bfloat16's ~3 digits
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        full.clone(dtype="float16").apply(random_weights.variables(), x)
+
+
 def test_unknown_tap_is_an_error():
     with pytest.raises(ValueError, match="relu6_1"):
         vgg.VGG("vgg16", taps=("relu6_1",)).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
