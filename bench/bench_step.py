@@ -59,6 +59,8 @@ convolutions but float32 matmuls in PyTorch; ``tf32``; ``fp32``), and the peak i
 ``jnp`` and a torch float32 matmul on the GPU under that setting. Run it there with
 ``--one-process --malloc glibc`` (the per-row processes and the malloc settings are for the CPU) and
 ``XLA_PYTHON_CLIENT_MEM_FRACTION`` below 0.5, so that PyTorch has the rest of the GPU's memory.
+``--compute-dtype bfloat16`` runs the VGG layers in bfloat16 in both (``StepConfig.compute_dtype``;
+PyTorch's VGG converted to bfloat16, the same roundings), the peak then being a bfloat16 matmul's.
 ``--table ROWS.jsonl`` prints the table of saved rows again.
 
 Run it on an otherwise idle machine. Another busy process is not a small perturbation here: on a
@@ -260,28 +262,29 @@ def _best_seconds(fn, reps: int) -> float:
     return best
 
 
-def measure_peak(n: int, reps: int) -> dict:
-    """float32 ``n x n`` matmul GFLOP/s with numpy, jnp and torch (on the GPU: jnp and torch there,
-    under ``--precision``); the best is the machine peak."""
+def measure_peak(n: int, reps: int, dtype: str = "float32") -> dict:
+    """``n x n`` matmul GFLOP/s in ``dtype`` (``--compute-dtype``) with numpy (float32 only), jnp
+    and torch (on the GPU: jnp and torch there, under ``--precision``); the best is the machine peak."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     flops = 2.0 * n ** 3
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     jmm = jax.jit(jnp.matmul)
     device = torch_device()
-    ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+    tdtype = getattr(torch, dtype)
+    ta, tb = torch.from_numpy(a).to(device, tdtype), torch.from_numpy(b).to(device, tdtype)
 
     def torch_mm():
         ta @ tb
         if device == "cuda":
             torch.cuda.synchronize()
 
-    result = {} if device == "cuda" else {"numpy": flops / _best_seconds(lambda: a @ b, reps) / 1e9}
+    result = {} if device == "cuda" or dtype != "float32" else {"numpy": flops / _best_seconds(lambda: a @ b, reps) / 1e9}
     result["jnp"] = flops / _best_seconds(lambda: jmm(ja, jb).block_until_ready(), reps) / 1e9
     result["torch"] = flops / _best_seconds(torch_mm, reps) / 1e9
     source = max(result, key=result.get)
     where = f" on {device}" if device == "cuda" else ""
-    return {"peak_gflops": result[source], "peak_source": f"{source} float32 {n}x{n} matmul{where}",
+    return {"peak_gflops": result[source], "peak_source": f"{source} {dtype} {n}x{n} matmul{where}",
             "peak_all_gflops": {k: round(v, 1) for k, v in result.items()}}
 
 
@@ -433,9 +436,10 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv,
            "pooling": pooling, "steps": args.steps,
            "masks": args.masks, "torch_compile": args.torch_compile, "precision": args.precision,
+           "compute_dtype": args.compute_dtype,
            "loadavg_start": os.getloadavg()}
     content, styles, masks = make_inputs(size, k, args.masks)
-    cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling)
+    cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling, compute_dtype=args.compute_dtype)
     lw = LossWeights.create(cfg)
     # targets with the direct convolution (one forward pass: it compiles fastest), the step with `conv`
     model, smodel = weights.model(cfg.taps, pooling), weights.model(cfg.style_taps, pooling)
@@ -672,6 +676,12 @@ def step_memory(row) -> str:
     return f"{row['jax_step_rss_mb']:.0f} / {row['torch_step_rss_mb']:.0f}"
 
 
+def conv_cell(row) -> str:
+    """The table's conv cell: the algorithm, and the compute dtype where it is not float32."""
+    dtype = row.get("compute_dtype", "float32")
+    return row["conv"] if dtype == "float32" else f"{row['conv']}, {dtype}"
+
+
 def markdown(rows) -> str:
     head = ("| size | K | approach | opt | conv | pool | JAX compile s | PyTorch 1st step s | JAX step s med (min-max) "
             "| PyTorch step s med (min-max) "
@@ -680,7 +690,7 @@ def markdown(rows) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {r['conv']} | {r.get('pooling', 'max')} "
+            f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {conv_cell(r)} | {r.get('pooling', 'max')} "
             f"| {r['jax_compile_s']:.1f} "
             f"| {r['torch_first_step_s']:.1f}{' (compile)' if r['torch_compile'] else ''} "
             f"| {r['jax_step_median_s']:.3f} ({r['jax_step_min_s']:.3f}-{r['jax_step_max_s']:.3f}) "
@@ -780,6 +790,9 @@ def main(argv=None):
                    help="float32 convolutions and matrix products on a GPU, in both frameworks: default (each "
                         "framework's own: TF32 convolutions in both, TF32 dots in JAX, float32 matmuls in "
                         "PyTorch), tf32 or fp32 (full float32 in both); for GPUs (CPUs have no TF32)")
+    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="what the VGG layers compute in, in both frameworks (StepConfig.compute_dtype; features, "
+                        "losses, image and optimizer stay float32); the peak is then a bfloat16 matmul's")
     p.add_argument("--peak-n", type=int, help="matrix size of the peak measurement (default 2048 quick, else 4096)")
     p.add_argument("--no-flop-count", dest="flop_count", action="store_false",
                    help="skip the torch FlopCounterMode cross-check")
@@ -851,7 +864,7 @@ def main(argv=None):
           f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"{'each row in a fresh process of its own' if apart else 'one process'} | "
-          f"precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
+          f"compute dtype {args.compute_dtype} | precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
           + (f", torch TF32 matmul {env['torch_matmul_allow_tf32']} / cuDNN {env['torch_cudnn_allow_tf32']}"
              if env["torch_device"] == "cuda" else "") + ") | "
           "step memory: "
@@ -873,7 +886,7 @@ def run_rows(args, busy: float, out) -> list[dict]:
     if args.child_peak:
         peak = json.loads(args.child_peak)
     else:
-        peak = measure_peak(args.peak_n or 4096, reps=5)
+        peak = measure_peak(args.peak_n or 4096, reps=5, dtype=args.compute_dtype)
         print(f"# {env['device']} ({env['cpu']}, {env['cpu_count']} cpus); peak {peak['peak_gflops']:.0f} GFLOP/s "
               f"from {peak['peak_source']} {peak['peak_all_gflops']}", file=sys.stderr, flush=True)
     weights = load_default_weights()

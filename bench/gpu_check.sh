@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The checks only a GPU can make, in one run of at most 9 minutes (each part has its own time
-# limit; a short GPU lease allows that): the step against PyTorch with TF32 in both frameworks and
-# with each one's defaults, in the same run, and the demo's wall time and compiled programs.
+# The checks only a GPU can make, in one run of at most 9.5 minutes (each part has its own time
+# limit; a short GPU lease allows that): the step against PyTorch with TF32 in both frameworks, then
+# with the VGG layers in bfloat16 in both (--compute-dtype), what bfloat16 does to a stylized picture
+# (bench/compare_dtype.py), and the demo's wall time and compiled programs. (Each framework's own
+# default precision: `PRECISIONS=default bash bench/gpu_check.sh`.)
 #
 #   bash bench/gpu_check.sh [OUTDIR]     # default OUTDIR: gpu_check
 #   QUICK=1 bash bench/gpu_check.sh      # tiny sizes: try the script itself on a CPU first
 #
 # Writes OUTDIR/log.txt, OUTDIR/rows.jsonl (bench_step rows; `python bench/bench_step.py --table
-# OUTDIR/rows.jsonl` prints them) and OUTDIR/demo/ (the demo's pictures and metrics). Every part has
+# OUTDIR/rows.jsonl` prints them), OUTDIR/dtype/ (both pictures and compare_dtype.json) and
+# OUTDIR/demo/ (the demo's pictures and metrics). Every part has
 # its own time limit, so one that hangs does not cost the others. Needs the default VGG16 weights
 # (weights/vgg16_imagenet.npz) and the selfie model (weights/selfie_segmentation.npz) in place.
 set -o pipefail
@@ -18,9 +21,9 @@ log=$out/log.txt
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
 bench="python3 bench/bench_step.py --one-process --malloc glibc --jsonl $out/rows.jsonl"
 if [ -n "$QUICK" ]; then
-  sizes_small="64" sizes_large="96" demo_size=64 demo_steps=3 steps=3 peak=512
+  sizes_small="64" sizes_large="96" demo_size=64 demo_steps=3 steps=3 peak=512 dtype_size=64 dtype_steps=5
 else
-  sizes_small="512" sizes_large="2048" demo_size=256 demo_steps=50 steps=15 peak=8192
+  sizes_small="512" sizes_large="2048" demo_size=256 demo_steps=50 steps=15 peak=8192 dtype_size=512 dtype_steps=200
 fi
 start=$(date +%s)
 mark() { echo "## $(( $(date +%s) - start )) s: $*" | tee -a "$log"; }
@@ -30,16 +33,21 @@ mark environment
   python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } 2>&1 | tee -a "$log"
 
-for precision in tf32 default; do
-  mark "step table, precision $precision"
-  timeout 150 $bench --peak-n $peak --precision $precision --sizes $sizes_small --segments 2 \
+for variant in ${PRECISIONS:-tf32} "tf32 bfloat16"; do
+  set -- $variant
+  precision=$1 dtype=${2:-float32}
+  mark "step table, precision $precision, compute dtype $dtype"
+  timeout 120 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_small --segments 2 \
     --approaches multipass blended locality localized --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
-  timeout 60 $bench --peak-n $peak --precision $precision --sizes $sizes_large --segments 2 \
+  timeout 70 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_large --segments 2 \
     --approaches multipass locality --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
 done
 
+mark "float32 against bfloat16 in one stylization, ${dtype_size} px, $dtype_steps steps"
+timeout 80 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
+
 mark "demo, ${demo_size} px, $demo_steps steps per approach"
-timeout 120 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
+timeout 100 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
 import sys
 import time
 
