@@ -830,7 +830,9 @@ def main(argv=None):
     args.pairs = [tuple(pair) for pair in json.loads(args.child_rows)] if child else \
         [(k, approach) for k in args.segments for approach in args.approaches]
     apart = not child and not args.one_process and len(process_groups(args)) > 1  # rows run in child processes
-    if args.malloc == "keep" and not apart:  # before any JAX or torch work: it binds threads that have not allocated yet
+    # before any JAX or torch work: it binds threads that have not allocated yet; as the segstyle command,
+    # only for steps on the CPU
+    if args.malloc == "keep" and not apart and host_memory.steps_run_on_cpu():
         host_memory.keep_freed_memory(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

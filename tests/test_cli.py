@@ -173,6 +173,17 @@ def test_multipass_one_pass_at_a_time(files, random_weights_file, capsys):
     assert "step 4/4 pass 1/2" in err and "step 4/4 pass 2/2" in err
 
 
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_host_malloc_settings_only_for_steps_on_the_cpu(files, random_weights_file, monkeypatch, on_cpu):
+    from segstyle_jax import host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "steps_run_on_cpu", lambda: on_cpu)
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda pixels: calls.append(pixels) or True)
+    assert main(base_args(files, random_weights_file, "--output", str(files / "m.png"))) == 0
+    assert calls == ([40 * 40] if on_cpu else [])
+
+
 def test_malloc_setting_follows_the_size_of_the_largest_step(files, random_weights_file):
     from segstyle_jax import cli, host_memory
 

@@ -122,3 +122,25 @@ print(small, kept_small, large, kept_large, unknown)
     assert (small, large, unknown) == ("True", "False", "None")
     assert float(kept_small) > 48   # a small step's blocks stay on the heap
     assert float(kept_large) < 16   # a large step's are mmapped and unmapped when freed
+
+
+@pytest.mark.parametrize("platforms,installed,on_cpu", [
+    ("cpu", ["jax-cuda13-plugin"], True),           # asked for the CPU: the plugin does not matter
+    ("cuda,cpu", [], False),                        # an accelerator first
+    ("", ["numpy", "jax", "jaxlib"], True),         # nothing set, no plugin: JAX runs on the CPU
+    ("", ["jax", "jax_cuda12_plugin"], False),      # a CUDA plugin: JAX picks the GPU
+    ("", ["jax-rocm7-pjrt"], False),
+    ("", ["libtpu"], False),
+])
+def test_steps_run_on_cpu_is_decided_without_starting_jax(platforms, installed, on_cpu):
+    from segstyle_jax import host_memory
+
+    assert host_memory.steps_run_on_cpu(platforms, installed) is on_cpu
+
+
+def test_this_environment_runs_its_steps_where_jax_does():
+    import jax
+
+    from segstyle_jax import host_memory
+
+    assert host_memory.steps_run_on_cpu() == (jax.default_backend() == "cpu")
