@@ -8,7 +8,9 @@ Prints, per dtype, the median step time, the compile time, the final loss (as th
 it) and the quality metrics (:mod:`segstyle_jax.metrics`, computed in float32 for both images:
 each segment's style distance to its own style, the mean separation, the content distance),
 then how far the two images are apart (mean and max absolute difference in [0, 1] RGB, PSNR of one
-against the other). With ``-o DIR`` it writes both images (``float32.png``, ``bfloat16.png``) and the
+against the other), and the catch-up: the first step at which the bfloat16 run's loss is at or
+below what the float32 run reached after half the steps, in steps and in seconds of median step
+time against float32's half (bfloat16 pays off end to end when it gets there sooner). With ``-o DIR`` it writes both images (``float32.png``, ``bfloat16.png``) and the
 numbers (``compare_dtype.json``). The device and versions are printed with the numbers.
 """
 
@@ -39,13 +41,27 @@ def image_distance(a: np.ndarray, b: np.ndarray) -> dict:
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}
 
 
+def catch_up(losses_32, losses_16, step_32: float | None, step_16: float | None) -> dict:
+    """Where the bfloat16 run (``losses_16``, one loss per step) first reaches the float32 run's loss
+    after half its steps: ``{"target_loss", "float32_steps", "bfloat16_steps"}`` (``None`` when it
+    never does) and, with the median step times, both in seconds (steps x median step time)."""
+    half = max(1, len(losses_32) // 2)
+    target = losses_32[half - 1]
+    steps_16 = next((i + 1 for i, v in enumerate(losses_16) if v <= target), None)
+    out = {"target_loss": target, "float32_steps": half, "bfloat16_steps": steps_16}
+    if step_32 is not None and step_16 is not None:
+        out["float32_s"] = half * step_32
+        out["bfloat16_s"] = None if steps_16 is None else steps_16 * step_16
+    return out
+
+
 def run(size: int, steps: int, approach: str, weights=None, out: Path | None = None) -> dict:
     """Stylize the demo photo once per compute dtype -> ``{"runs": {dtype: numbers}, "distance": ...}``."""
     content, seg, styles = demo_data.astronaut(), demo_data.astronaut_hand_mask(), demo_data.demo_styles()
-    runs, pictures = {}, {}
+    runs, pictures, losses = {}, {}, {}
     for dtype in COMPUTE_DTYPES:
         r = api.stylize(content, seg, styles, approach, steps=steps, size=size, weights=weights, compute_dtype=dtype)
-        pictures[dtype] = r.image
+        pictures[dtype], losses[dtype] = r.image, r.losses
         runs[dtype] = {"median_step_s": float(np.median(r.step_seconds)) if r.step_seconds else None,
                        "compile_s": r.compile_seconds, "final_loss": r.losses[-1], "stopped": r.stopped,
                        "metrics": r.metrics}
@@ -53,7 +69,9 @@ def run(size: int, steps: int, approach: str, weights=None, out: Path | None = N
             images.save_image(out / f"{dtype}.png", r.image)
     result = {"size": size, "steps": steps, "approach": approach, "device": str(jax.devices()[0]),
               "versions": {"segstyle_jax": __version__, "jax": jax.__version__},
-              "runs": runs, "distance": image_distance(pictures["float32"], pictures["bfloat16"])}
+              "runs": runs, "distance": image_distance(pictures["float32"], pictures["bfloat16"]),
+              "catch_up": catch_up(losses["float32"], losses["bfloat16"], runs["float32"]["median_step_s"],
+                                   runs["bfloat16"]["median_step_s"])}
     if out is not None:
         atomic.write_text(out / "compare_dtype.json", json.dumps(result, indent=2, default=float) + "\n")
     return result
@@ -73,6 +91,12 @@ def report(result: dict) -> str:
     d = result["distance"]
     lines.append(f"  bfloat16 vs float32 image: mean |diff| {d['mean_abs_diff']:.4f}, max {d['max_abs_diff']:.3f}, "
                  f"PSNR {d['psnr_db']:.1f} dB")
+    c = result["catch_up"]
+    seconds = (f" ({c['bfloat16_s']:.2f} s against {c['float32_s']:.2f} s)"
+               if c.get("bfloat16_s") is not None else "")
+    reached = f"at step {c['bfloat16_steps']}" if c["bfloat16_steps"] is not None else "never, in these steps"
+    lines.append(f"  float32's loss after {c['float32_steps']} steps ({c['target_loss']:.5g}): bfloat16 reaches it "
+                 f"{reached}{seconds}")
     return "\n".join(lines)
 
 

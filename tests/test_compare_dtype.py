@@ -17,6 +17,12 @@ def test_image_distance_by_hand():
     assert compare_dtype.image_distance(a, a)["psnr_db"] == float("inf")
 
 
+def test_catch_up_finds_the_first_step_at_the_halfway_loss():
+    c = compare_dtype.catch_up([10, 8, 6, 5], [11, 9, 7.9, 7], 0.5, 0.25)
+    assert c == {"target_loss": 8, "float32_steps": 2, "bfloat16_steps": 3, "float32_s": 1.0, "bfloat16_s": 0.75}
+    assert compare_dtype.catch_up([10, 8], [11, 12], None, None)["bfloat16_steps"] is None  # never gets there
+
+
 def test_both_dtypes_run_and_land_close(random_weights, tmp_path):
     result = compare_dtype.run(32, 3, "locality", weights=random_weights, out=tmp_path)
     assert set(result["runs"]) == {"float32", "bfloat16"}
@@ -27,4 +33,5 @@ def test_both_dtypes_run_and_land_close(random_weights, tmp_path):
     saved = json.loads((tmp_path / "compare_dtype.json").read_text())
     assert saved["distance"] == d and (tmp_path / "float32.png").exists() and (tmp_path / "bfloat16.png").exists()
     text = compare_dtype.report(result)
-    assert "float32:" in text and "bfloat16:" in text and "PSNR" in text
+    assert "float32:" in text and "bfloat16:" in text and "PSNR" in text and "reaches it" in text
+    assert result["catch_up"]["float32_steps"] == 1
