@@ -676,6 +676,11 @@ def step_memory(row) -> str:
     return f"{row['jax_step_rss_mb']:.0f} / {row['torch_step_rss_mb']:.0f}"
 
 
+def seconds(v: float) -> str:
+    """A step time for the table: three decimals, four below 0.1 s (GPU steps take milliseconds)."""
+    return f"{v:.3f}" if v >= 0.1 else f"{v:.4f}"
+
+
 def conv_cell(row) -> str:
     """The table's conv cell: the algorithm, and the compute dtype where it is not float32."""
     dtype = row.get("compute_dtype", "float32")
@@ -693,8 +698,8 @@ def markdown(rows) -> str:
             f"| {r['size']} | {r['segments']} | {r['approach']} | {r['optimizer']} | {conv_cell(r)} | {r.get('pooling', 'max')} "
             f"| {r['jax_compile_s']:.1f} "
             f"| {r['torch_first_step_s']:.1f}{' (compile)' if r['torch_compile'] else ''} "
-            f"| {r['jax_step_median_s']:.3f} ({r['jax_step_min_s']:.3f}-{r['jax_step_max_s']:.3f}) "
-            f"| {r['torch_step_median_s']:.3f} ({r['torch_step_min_s']:.3f}-{r['torch_step_max_s']:.3f}) "
+            f"| {seconds(r['jax_step_median_s'])} ({seconds(r['jax_step_min_s'])}-{seconds(r['jax_step_max_s'])}) "
+            f"| {seconds(r['torch_step_median_s'])} ({seconds(r['torch_step_min_s'])}-{seconds(r['torch_step_max_s'])}) "
             f"| {r['ratio']:.2f} | {r['gflop_per_step']:.1f} "
             f"| {r['jax_gflops']:.0f} ({r['jax_pct_peak']:.0f}%) | {r['torch_gflops']:.0f} ({r['torch_pct_peak']:.0f}%) "
             f"| {step_memory(r)} | {r.get('jax_xla_temp_mb', float('nan')):.0f} "
