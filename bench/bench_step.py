@@ -466,7 +466,7 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     # The mathematics' FLOPs: XLA's count of the same step with direct convolutions (Winograd does
     # fewer multiplications for the same result; rates below are "effective", on this count).
     backend = jax.devices()[0].platform
-    if all(a == "direct" for a in vgg.conv_algorithms(weights.arch, conv, size, size, backend).values()):
+    if all(a == "direct" for a in vgg.conv_algorithms(weights.arch, conv, size, size, backend, args.compute_dtype).values()):
         row["gflop_per_step"] = row["gflop_per_step_executed"]
     else:
         _, direct_update = engine.make_update_fn(cfg, model, params=jparams)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, step_cache, winograd
+from segstyle_jax import compile_cache, engine, host_memory, images as images_lib, masks as masks_lib, step_cache, vgg, winograd
 from segstyle_jax import metrics as metrics_lib
 from segstyle_jax.config import APPROACHES, DEFAULT_CONTENT_TAPS, DEFAULT_STYLE_TAPS, LossWeights, StepConfig
 from segstyle_jax.weights import VGGWeights, resolve_weights
@@ -242,6 +242,7 @@ def stylize(
         raise ValueError(f"style_scale must be > 0, got {style_scale}")
     if conv not in winograd.ALGORITHMS:
         raise ValueError(f"conv must be one of {', '.join(winograd.ALGORITHMS)}; got {conv!r}")
+    vgg.check_conv_dtype(conv, compute_dtype)
 
     # --- read and validate everything before any compute ---
     content_image = images_lib.load_image(content)

@@ -473,7 +473,8 @@ def cmd_info(args) -> int:
 def _add_compute_dtype(group) -> None:
     group.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                        help="what the step's VGG layers compute in (default float32); bfloat16 is for GPUs, where "
-                            "it is faster (README, Speed); targets and metrics stay float32")
+                            "it is faster (README, Speed); targets and metrics stay float32; bfloat16 layers run the "
+                            "direct convolution (Winograd's transforms amplify its rounding)")
 
 
 def _add_compile_cache(group) -> None:

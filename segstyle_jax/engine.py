@@ -330,7 +330,8 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     names = layer_names(model.arch)
     run = names[: max(names.index(t) for t in model.taps) + 1]  # the layers the model computes
     params = {name: jax.tree.map(lambda a: np.asarray(a, np.float32), p) for name, p in params.items() if name in run}
-    plan = conv_algorithms(model.arch, model.conv, config.height, config.width, jax.default_backend())
+    plan = conv_algorithms(model.arch, model.conv, config.height, config.width, jax.default_backend(),
+                           config.compute_dtype)
     variables = device_variables(params, plan)  # shared with the steps of other scales (its docstring)
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss

@@ -63,6 +63,7 @@ def test_steps_per_scale(tiny_scene, random_weights):
     (dict(steps=0), "steps must be"),
     (dict(conv="fft"), "conv must be one of"),
     (dict(compute_dtype="float16"), "compute_dtype must be one of"),
+    (dict(compute_dtype="bfloat16", conv="winograd"), "loses too much in bfloat16"),
 ])
 def test_bad_input_is_rejected_before_compute(tiny_scene, random_weights, change, message):
     kw = {"segments": tiny_scene["labels"], "styles": tiny_scene["styles"], **FAST, **change}

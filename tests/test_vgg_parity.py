@@ -70,6 +70,11 @@ def test_bfloat16_layers_return_float32_features_close_to_float32(random_weights
         assert 1e-5 < err < 3e-2, (tap, err)  # rounded (not identical), but only by bfloat16's ~3 digits
     with pytest.raises(ValueError, match="dtype must be one of"):
         full.clone(dtype="float16").apply(random_weights.variables(), x)
+    # Winograd's transforms amplify bfloat16's rounding: 'auto' runs direct there, 'winograd' is refused
+    plan = vgg.conv_algorithms("vgg16", "auto", 64, 64, "cpu", "bfloat16")
+    assert set(plan.values()) == {"direct"} != set(vgg.conv_algorithms("vgg16", "auto", 64, 64, "cpu").values())
+    with pytest.raises(ValueError, match="loses too much in bfloat16"):
+        full.clone(dtype="bfloat16", conv="winograd").apply(random_weights.variables(), x)
 
 
 def test_unknown_tap_is_an_error():
