@@ -150,6 +150,8 @@ def _kmeans_single(points, key, k: int, iters: int):
 
 @partial(jax.jit, static_argnames=("k", "iters", "n_init"))
 def _kmeans_jit(points, key, k: int, iters: int, n_init: int):
+    if key.ndim == 0:  # an integer seed: its key made inside the program (outside, two more programs compile)
+        key = jax.random.PRNGKey(key)
     centers, a, inertia = jax.vmap(lambda kk: _kmeans_single(points, kk, k, iters))(jax.random.split(key, n_init))
     best = jnp.argmin(inertia)  # first of the lowest: deterministic
     return centers[best], a[best]
@@ -179,7 +181,8 @@ def kmeans(points, k: int, key, iters: int = 25, n_init: int = 4):
     if not bool(np.isfinite(np.asarray(points)).all()):
         raise ValueError("points contain non-finite values")
     if isinstance(key, (int, np.integer)):
-        key = jax.random.PRNGKey(int(key))
+        # a seed of 32 bits becomes its key inside the program (the same key); others made here
+        key = np.uint32(key) if 0 <= int(key) < 2**32 else jax.random.PRNGKey(int(key))
     return _kmeans_jit(points, key, k, iters, int(n_init))
 
 

@@ -251,3 +251,14 @@ def test_segment_image_person(tiny_scene):
         seg = regions.segment_image(tiny_scene["content"], "person")
     assert seg.labels == person.LABELS and seg.threshold == 0.5
     np.testing.assert_allclose(seg.masks.sum(0), 1.0)
+
+
+def test_kmeans_int_seed_is_the_same_as_its_prng_key():
+    """An int seed becomes its key inside the compiled program (no extra programs on a GPU), the same
+    key as ``jax.random.PRNGKey(seed)``, also for seeds beyond 32 bits and negative ones."""
+    points = np.random.default_rng(5).standard_normal((120, 3)).astype(np.float32)
+    for seed in (0, 11, 2**32 - 1, 2**32 + 5, -7):
+        by_seed = regions.kmeans(points, 3, seed, iters=5, n_init=2)
+        by_key = regions.kmeans(points, 3, jax.random.PRNGKey(seed), iters=5, n_init=2)
+        np.testing.assert_array_equal(by_seed[1], by_key[1])
+        np.testing.assert_array_equal(by_seed[0], by_key[0])
