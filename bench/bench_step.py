@@ -569,7 +569,6 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
                                      args.breakdown_reps)
     row["loadavg_end"] = os.getloadavg()
     row.update(env)
-    del state, compiled, ref
     return row
 
 
