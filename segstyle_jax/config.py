@@ -17,9 +17,10 @@ import flax.struct
 import jax
 import numpy as np
 
+from segstyle_jax.vgg import DTYPES as COMPUTE_DTYPES  # what StepConfig.compute_dtype may be
+
 APPROACHES = ("multipass", "blended", "locality", "localized")
 OPTIMIZERS = ("adam", "lbfgs", "lbfgs-fixed")
-COMPUTE_DTYPES = ("float32", "bfloat16")  # the same as segstyle_jax.vgg.DTYPES
 
 DEFAULT_STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 DEFAULT_CONTENT_TAPS = ("relu4_2",)

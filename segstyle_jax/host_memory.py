@@ -36,13 +36,13 @@ when setup kept its blocks, 9.1 now, 9.7 with glibc's defaults (``bench/bench_me
 
 It changes the allocator of the whole process, and ``M_ARENA_MAX`` only binds threads that have not
 allocated yet, so call it first, before any JAX computation, with the size of the largest step the
-process will run. It is for steps that run on the CPU (:func:`steps_run_on_cpu`): on a GPU
-the step's buffers live in device memory, and one heap for all threads made XLA's multithreaded GPU
+process will run. It is for steps that run on the CPU (:func:`steps_run_on_cpu`): on a GPU the
+step's buffers live in device memory, and one heap for all threads made XLA's multithreaded GPU
 compiler crawl (measured on an H200: ``segstyle demo --size 256 --steps 50`` finished in 60 s
 without these settings and had not finished its first of four approaches after 75 s with them; the
-person model's one program alone took over 30 s to compile). The library never calls it on its own (``stylize`` only switches ``M_MMAP_MAX``,
-as above, where it is in effect): the ``segstyle`` command does, and programs that call
-:func:`segstyle_jax.api.stylize` may. The cost: the process
+person model's one program alone took over 30 s to compile). The library never calls it on its own
+(``stylize`` only switches ``M_MMAP_MAX``, as above, where it is in effect): the ``segstyle``
+command does, and programs that call :func:`segstyle_jax.api.stylize` may. The cost: the process
 keeps the peak of its heap until it exits.
 """
 
