@@ -39,15 +39,15 @@ for variant in ${PRECISIONS:-tf32} "tf32 bfloat16"; do
   mark "step table, precision $precision, compute dtype $dtype"
   timeout 120 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_small --segments 2 \
     --approaches multipass blended locality localized --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
-  timeout 70 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_large --segments 2 \
+  timeout 90 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_large --segments 2 \
     --approaches multipass locality --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
 done
 
 mark "float32 against bfloat16 in one stylization, ${dtype_size} px, $dtype_steps steps"
-timeout 80 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
+timeout 60 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
 
 mark "demo, ${demo_size} px, $demo_steps steps per approach"
-timeout 100 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
+timeout 80 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
 import sys
 import time
 
