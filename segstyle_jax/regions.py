@@ -465,7 +465,7 @@ def kmeans_segmentation(image, k: int, weights=None, seed: int = 0, position_wei
     params = _needed_params(weights.params, weights.arch, tap)
     points = fn(params, np.asarray(work, np.float32), np.asarray(_lab(work), np.float32),
                 np.asarray(_positions(hw, ww), np.float32), np.float32(color_weight), np.float32(position_weight))
-    _, assignment = kmeans(points, k, jax.random.PRNGKey(int(seed)))
+    _, assignment = kmeans(points, k, int(seed))  # the key made inside the program (kmeans)
     labels_work = np.asarray(assignment).reshape(hw, ww)
     return _finish(labels_work, k, img.shape[:2], smooth_px, float(min_fraction), f"kmeans:{k}")
 

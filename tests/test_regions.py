@@ -262,3 +262,24 @@ def test_kmeans_int_seed_is_the_same_as_its_prng_key():
         by_key = regions.kmeans(points, 3, jax.random.PRNGKey(seed), iters=5, n_init=2)
         np.testing.assert_array_equal(by_seed[1], by_key[1])
         np.testing.assert_array_equal(by_seed[0], by_key[0])
+
+
+def test_kmeans_segmentation_compiles_two_programs(random_weights, tiny_scene):
+    """The features and the clustering, nothing op by op (each a second of compiling on a GPU); the
+    seed's key is made inside the clustering program (made outside, it compiled two more)."""
+    import jax.monitoring
+
+    events = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(seconds)
+
+    jax.clear_caches()  # the key's programs do not depend on shapes: another test may have compiled them
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        regions.kmeans_segmentation(tiny_scene["content"], 2, weights=random_weights, work_size=24, tap="relu1_2",
+                                    seed=3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(events) == 2  # measured: 4 when the key was made outside
