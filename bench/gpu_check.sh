@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The checks only a GPU can make, in one run of at most 9.5 minutes (each part has its own time
+# The checks only a GPU can make, in one run of at most 9 min 45 s (each part has its own time
 # limit; a short GPU lease allows that): the step against PyTorch with TF32 in both frameworks, then
 # with the VGG layers in bfloat16 in both (--compute-dtype), what bfloat16 does to a stylized picture
-# (bench/compare_dtype.py), and the demo's wall time and compiled programs. (Each framework's own
+# (bench/compare_dtype.py), and the demo's wall time and compiled programs, twice with one compile
+# cache (the second run loads the first's programs). (Each framework's own
 # default precision: `PRECISIONS=default bash bench/gpu_check.sh`.)
 #
 #   bash bench/gpu_check.sh [OUTDIR]     # default OUTDIR: gpu_check
@@ -46,8 +47,13 @@ done
 mark "float32 against bfloat16 in one stylization, ${dtype_size} px, $dtype_steps steps"
 timeout 60 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
 
-mark "demo, ${demo_size} px, $demo_steps steps per approach"
-timeout 80 python3 - "$out/demo" "$demo_size" "$demo_steps" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
+# The demo twice with one compile cache, empty at first: the first run compiles (autotuning every
+# convolution shape), the second loads what the first stored.
+rm -rf "$out/compile_cache"
+for run in first second; do
+mark "demo, ${demo_size} px, $demo_steps steps per approach, $run run"
+[ $run = first ] && limit=80 || limit=25
+timeout $limit python3 - "$out/demo" "$demo_size" "$demo_steps" "$out/compile_cache" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
 import sys
 import time
 
@@ -58,10 +64,12 @@ from segstyle_jax.cli import main
 compiles = []
 jax.monitoring.register_event_duration_secs_listener(
     lambda event, seconds, **kw: compiles.append(seconds) if event == "/jax/core/compile/backend_compile_duration" else None)
-out, size, steps = sys.argv[1], sys.argv[2], sys.argv[3]
+out, size, steps, cache = sys.argv[1:5]
 t0 = time.perf_counter()
-rc = main(["demo", "--size", size, "--steps", steps, "-o", out, "--compile-cache", "off"])
-print(f"demo: exit {rc}, {time.perf_counter() - t0:.1f} s, {len(compiles)} programs compiled "
-      f"({sum(compiles):.1f} s of XLA compiling)")
+rc = main(["demo", "--size", size, "--steps", steps, "-o", out, "--compile-cache", cache])
+print(f"demo: exit {rc}, {time.perf_counter() - t0:.1f} s, {len(compiles)} programs compiled or loaded from the cache "
+      f"({sum(compiles):.1f} s in XLA's compile step)")
 EOF
+done
+rm -rf "$out/compile_cache"
 mark done
