@@ -188,6 +188,7 @@ def environment() -> dict:
         "malloc_keeps_freed_memory": host_memory.is_applied(),
         "malloc_one_arena": host_memory.one_arena(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
         **gpu_environment(),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
@@ -865,9 +866,10 @@ def main(argv=None):
     v, peak = env["versions"], {k: env[k] for k in ("peak_gflops", "peak_source")}
     modes = sorted({malloc_mode(r) for r in rows})
     malloc = f"{', '.join(modes)} (keep_freed_memory with one heap for all threads or with per-thread arenas, or glibc's)"
+    tunables = f" | GLIBC_TUNABLES={env['GLIBC_TUNABLES']}" if env.get("GLIBC_TUNABLES") else ""
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "
-          f"malloc: {malloc} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
+          f"malloc: {malloc}{tunables} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"{'each row in a fresh process of its own' if apart else 'one process'} | "
           f"compute dtype {args.compute_dtype} | precision {args.precision} (JAX {env['jax_default_matmul_precision']}"

@@ -21,8 +21,9 @@ def test_every_row_gets_a_process_of_its_own():
 
 
 @pytest.mark.real_weights
-def test_each_row_runs_in_its_own_process(capsys, tmp_path):
+def test_each_row_runs_in_its_own_process(capsys, tmp_path, monkeypatch):
     jsonl = tmp_path / "rows.jsonl"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # recorded with every row, as the row's process got it
     applied_here = host_memory.is_applied()  # (a CLI test may have applied it to this process already)
     rows = bench_step.main(["--sizes", "32", "48", "--segments", "1", "--steps", "1", "--warmup", "0",
                             "--no-flop-count", "--peak-n", "64", "--jsonl", str(jsonl)])
@@ -32,9 +33,11 @@ def test_each_row_runs_in_its_own_process(capsys, tmp_path):
         assert r["ratio"] > 0 and r["loss0_rel_diff"] < 1e-4
         assert not r["malloc_one_arena"]  # small steps keep per-thread arenas
         assert r["peak_gflops"] == rows[0]["peak_gflops"]  # measured once, by the parent
+        assert r["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
     assert [json.loads(line)["size"] for line in jsonl.read_text().splitlines()] == [32, 48]
     out = capsys.readouterr().out
     assert "each row in a fresh process of its own" in out and "| 48 | 1 | blended |" in out
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in out
     assert host_memory.is_applied() == applied_here  # the parent (this process) left its malloc alone
 
 
