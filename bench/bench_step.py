@@ -61,6 +61,8 @@ convolutions but float32 matmuls in PyTorch; ``tf32``; ``fp32``), and the peak i
 ``XLA_PYTHON_CLIENT_MEM_FRACTION`` below 0.5, so that PyTorch has the rest of the GPU's memory.
 ``--compute-dtype bfloat16`` runs the VGG layers in bfloat16 in both (``StepConfig.compute_dtype``;
 PyTorch's VGG converted to bfloat16, the same roundings), the peak then being a bfloat16 matmul's.
+``--multipass-grams batched`` computes the JAX multipass step's Grams as one batched product per tap
+instead of one per image (``StepConfig.multipass_grams``; PyTorch's step is unchanged).
 ``--table ROWS.jsonl`` prints the table of saved rows again.
 
 Run it on an otherwise idle machine. Another busy process is not a small perturbation here: on a
@@ -111,7 +113,7 @@ import torch  # noqa: E402
 
 from bench import torch_reference  # noqa: E402
 from segstyle_jax import engine, host_memory, vgg, winograd  # noqa: E402
-from segstyle_jax.config import LossWeights, StepConfig  # noqa: E402
+from segstyle_jax.config import MULTIPASS_GRAMS, LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
 STYLE_NAMES = ("hubble_deep_field", "brick", "coffee", "chelsea")
@@ -437,10 +439,11 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     row = {"size": size, "segments": k, "approach": approach, "optimizer": optimizer, "conv": conv,
            "pooling": pooling, "steps": args.steps,
            "masks": args.masks, "torch_compile": args.torch_compile, "precision": args.precision,
-           "compute_dtype": args.compute_dtype,
+           "compute_dtype": args.compute_dtype, "multipass_grams": args.multipass_grams,
            "loadavg_start": os.getloadavg()}
     content, styles, masks = make_inputs(size, k, args.masks)
-    cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling, compute_dtype=args.compute_dtype)
+    cfg = StepConfig(approach, size, size, k, optimizer=optimizer, pooling=pooling, compute_dtype=args.compute_dtype,
+                     multipass_grams=args.multipass_grams)
     lw = LossWeights.create(cfg)
     # targets with the direct convolution (one forward pass: it compiles fastest), the step with `conv`
     model, smodel = weights.model(cfg.taps, pooling), weights.model(cfg.style_taps, pooling)
@@ -798,6 +801,9 @@ def main(argv=None):
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="what the VGG layers compute in, in both frameworks (StepConfig.compute_dtype; features, "
                         "losses, image and optimizer stay float32); the peak is then a bfloat16 matmul's")
+    p.add_argument("--multipass-grams", default="per-image", choices=MULTIPASS_GRAMS,
+                   help="how JAX's multipass step computes its K images' Grams (StepConfig.multipass_grams): one "
+                        "product per image (default) or one batched product per tap")
     p.add_argument("--peak-n", type=int, help="matrix size of the peak measurement (default 2048 quick, else 4096)")
     p.add_argument("--no-flop-count", dest="flop_count", action="store_false",
                    help="skip the torch FlopCounterMode cross-check")
@@ -872,7 +878,7 @@ def main(argv=None):
           f"malloc: {malloc}{tunables} | jax {v['jax']} jaxlib {v['jaxlib']} flax {v['flax']} optax {v['optax']} "
           f"torch {v['torch']} | CPU {busy:.0f}% busy before start | peak {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_source']}) | "
           f"{'each row in a fresh process of its own' if apart else 'one process'} | "
-          f"compute dtype {args.compute_dtype} | precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
+          f"compute dtype {args.compute_dtype} | multipass Grams {args.multipass_grams} | precision {args.precision} (JAX {env['jax_default_matmul_precision']}"
           + (f", torch TF32 matmul {env['torch_matmul_allow_tf32']} / cuDNN {env['torch_cudnn_allow_tf32']}"
              if env["torch_device"] == "cuda" else "") + ") | "
           "step memory: "

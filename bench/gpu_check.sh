@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks only a GPU can make, in one run of at most 9 min 45 s (each part has its own time
+# The checks only a GPU can make, in one run of at most 9 min 50 s (each part has its own time
 # limit; a short GPU lease allows that): the step against PyTorch with TF32 in both frameworks, then
-# with the VGG layers in bfloat16 in both (--compute-dtype), what bfloat16 does to a stylized picture
+# with the VGG layers in bfloat16 in both (--compute-dtype), the multipass step with batched Grams
+# (--multipass-grams batched), what bfloat16 does to a stylized picture
 # (bench/compare_dtype.py), and the demo's wall time and compiled programs, twice with one compile
 # cache (the second run loads the first's programs). (Each framework's own
 # default precision: `PRECISIONS=default bash bench/gpu_check.sh`.)
@@ -38,21 +39,28 @@ for variant in ${PRECISIONS:-tf32} "tf32 bfloat16"; do
   set -- $variant
   precision=$1 dtype=${2:-float32}
   mark "step table, precision $precision, compute dtype $dtype"
-  timeout 120 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_small --segments 2 \
+  timeout 110 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_small --segments 2 \
     --approaches multipass blended locality localized --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
   timeout 90 $bench --peak-n $peak --precision $precision --compute-dtype $dtype --sizes $sizes_large --segments 2 \
     --approaches multipass locality --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
 done
 
+# The multipass step with its Grams as one batched product per tap (StepConfig.multipass_grams), to
+# set against the table's multipass row (one product per image): the lever a GPU trace pointed to.
+precision=${PRECISIONS:-tf32}; precision=${precision%% *}  # the first of the table's precisions
+mark "multipass with batched Grams, precision $precision"
+timeout 45 $bench --peak-n $peak --precision $precision --multipass-grams batched --sizes $sizes_small \
+  --segments 2 --approaches multipass --steps $steps --warmup 3 2>&1 | grep -v '^{' | tee -a "$log"
+
 mark "float32 against bfloat16 in one stylization, ${dtype_size} px, $dtype_steps steps"
-timeout 60 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
+timeout 50 python3 bench/compare_dtype.py --size $dtype_size --steps $dtype_steps -o "$out/dtype" 2>&1 | tee -a "$log"
 
 # The demo twice with one compile cache, empty at first: the first run compiles (autotuning every
 # convolution shape), the second loads what the first stored.
 rm -rf "$out/compile_cache"
 for run in first second; do
 mark "demo, ${demo_size} px, $demo_steps steps per approach, $run run"
-[ $run = first ] && limit=80 || limit=25
+[ $run = first ] && limit=70 || limit=25
 timeout $limit python3 - "$out/demo" "$demo_size" "$demo_steps" "$out/compile_cache" <<'EOF' 2>&1 | tr '\r' '\n' | grep -v ' step [0-9]*[1-9]/' | tee -a "$log"
 import sys
 import time

@@ -20,6 +20,7 @@ import numpy as np
 from segstyle_jax.vgg import DTYPES as COMPUTE_DTYPES  # what StepConfig.compute_dtype may be
 
 APPROACHES = ("multipass", "blended", "locality", "localized")
+MULTIPASS_GRAMS = ("per-image", "batched")  # what StepConfig.multipass_grams may be
 OPTIMIZERS = ("adam", "lbfgs", "lbfgs-fixed")
 
 DEFAULT_STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -46,6 +47,10 @@ class StepConfig:
         (:class:`segstyle_jax.vgg.VGG`'s ``dtype``: the features come back as float32, and the image,
         Grams, losses, gradient and optimizer state stay float32). A lever for GPUs, whose bfloat16
         convolutions run at about twice the TF32 rate; the targets are computed in float32.
+      multipass_grams: how ``multipass`` computes its ``K`` images' Grams at each tap: ``'per-image'``
+        (one 2-D product per image, the default: faster on CPU) or ``'batched'`` (one batched product
+        per tap, ``jax.vmap`` over the images; a lever to measure on GPUs, where the per-image slices
+        may cost copies). The same loss either way; ignored by the other approaches.
     """
 
     approach: str
@@ -60,6 +65,7 @@ class StepConfig:
     lbfgs_memory: int = 10
     clip: bool = True
     compute_dtype: str = "float32"
+    multipass_grams: str = "per-image"
 
     def __post_init__(self):
         if self.approach not in APPROACHES:
@@ -68,6 +74,8 @@ class StepConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.multipass_grams not in MULTIPASS_GRAMS:
+            raise ValueError(f"multipass_grams must be one of {MULTIPASS_GRAMS}, got {self.multipass_grams!r}")
         if isinstance(self.lbfgs_memory, bool) or not isinstance(self.lbfgs_memory, (int, np.integer)) \
                 or self.lbfgs_memory < 1:
             raise ValueError(f"lbfgs_memory must be a positive integer, got {self.lbfgs_memory!r}")

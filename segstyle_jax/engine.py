@@ -214,11 +214,15 @@ def style_terms(config: StepConfig, feats: dict, targets: Targets, weights: Loss
     of every segment under its layer masks (locality-weighted for ``locality``/``localized``), one
     product per tap (:func:`segstyle_jax.losses.segments_style_loss`). ``multipass``: ``feats`` of
     the ``K`` images (tap -> ``[K, h_l, w_l, c_l]``), image ``k``'s plain Gram against segment ``k``'s
-    target, one 2-D product per image and tap (``jax.vmap`` over ``k`` made them batched products,
-    which XLA's CPU backend ran slower: a multipass step at 128², K = 2, 115 against 104 ms; at 256²,
-    K = 1, 233 against 209; equal at 128², K = 4 and at 256², K = 2 and 4)."""
+    target: by default one 2-D product per image and tap; with ``config.multipass_grams ==
+    'batched'`` one batched product per tap (``jax.vmap`` over ``k``), which XLA's CPU backend ran
+    slower (a multipass step at 128², K = 2, 115 against 104 ms; at 256², K = 1, 233 against 209;
+    equal at 128², K = 4 and at 256², K = 2 and 4)."""
     layer_weights = _layer_weight_dict(config, weights)
     if config.approach == "multipass":
+        if config.multipass_grams == "batched":
+            return sum(layer_weights[t] * jax.vmap(losses.style_error)(jax.vmap(losses.gram)(feats[t]), targets.style[t])
+                       for t in config.style_taps)
         return jnp.stack([sum(layer_weights[t] * losses.style_error(losses.gram(feats[t][k]), targets.style[t][k])
                               for t in config.style_taps) for k in range(config.num_segments)])
     seg_masks = targets.masks

@@ -1,5 +1,6 @@
 """The compiled update step: vmap vs loop, no recompilation, the four approaches, safety."""
 
+import dataclasses
 import os
 
 import jax
@@ -78,9 +79,12 @@ def test_every_approach_and_optimizer_lowers_the_loss(random_weights, approach, 
     assert image.shape == np.shape(start) and image.min() >= 0 and image.max() <= 1
 
 
-def test_multipass_images_are_independent_unmasked_runs(random_weights):
-    """Image k of multipass gets exactly the gradient of a plain single-image Gatys loss with style k."""
+@pytest.mark.parametrize("grams", ["per-image", "batched"])
+def test_multipass_images_are_independent_unmasked_runs(random_weights, grams):
+    """Image k of multipass gets exactly the gradient of a plain single-image Gatys loss with style k,
+    whichever way the step forms its Grams (``StepConfig.multipass_grams``)."""
     config, model, targets, start, _, _ = setup(random_weights, "multipass")
+    config = dataclasses.replace(config, multipass_grams=grams)
     weights = LossWeights.create(config, segments=[1.0, 3.0])
     grad = jax.jit(jax.grad(lambda x: engine.multipass_loss(config, model, x, random_weights.params, targets,
                                                             weights)[0]))(jnp.asarray(start) * 0.9)
@@ -164,6 +168,8 @@ def test_bad_shapes_are_rejected(random_weights):
         LossWeights.create(config, gamma=1.5)
     with pytest.raises(ValueError, match="approach must be one of"):
         StepConfig("fancy", H, W, 2)
+    with pytest.raises(ValueError, match="multipass_grams must be one of"):
+        StepConfig("multipass", H, W, 2, multipass_grams="vmap")
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="lbfgs_memory must be a positive integer"):
             StepConfig("blended", H, W, 2, lbfgs_memory=bad)
