@@ -48,7 +48,7 @@ class StepConfig:
         Grams, losses, gradient and optimizer state stay float32). A lever for GPUs, whose bfloat16
         convolutions run at about twice the TF32 rate; the targets are computed in float32.
       multipass_grams: how ``multipass`` computes its ``K`` images' Grams at each tap: ``'per-image'``
-        (one 2-D product per image, the default: faster on CPU) or ``'batched'`` (one batched product
+        (one 2-D product per image, the default, chosen on CPU) or ``'batched'`` (one batched product
         per tap, ``jax.vmap`` over the images; a lever to measure on GPUs, where the per-image slices
         may cost copies). The same loss either way; ignored by the other approaches.
     """

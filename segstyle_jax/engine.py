@@ -215,9 +215,10 @@ def style_terms(config: StepConfig, feats: dict, targets: Targets, weights: Loss
     product per tap (:func:`segstyle_jax.losses.segments_style_loss`). ``multipass``: ``feats`` of
     the ``K`` images (tap -> ``[K, h_l, w_l, c_l]``), image ``k``'s plain Gram against segment ``k``'s
     target: by default one 2-D product per image and tap; with ``config.multipass_grams ==
-    'batched'`` one batched product per tap (``jax.vmap`` over ``k``), which XLA's CPU backend ran
-    slower (a multipass step at 128², K = 2, 115 against 104 ms; at 256², K = 1, 233 against 209;
-    equal at 128², K = 4 and at 256², K = 2 and 4)."""
+    'batched'`` one batched product per tap (``jax.vmap`` over ``k``). On XLA's CPU backend one
+    round measured the batched form slower (a multipass step at 128², K = 2, 115 against 104 ms; at
+    256², K = 1, 233 against 209; equal at 128², K = 4 and at 256², K = 2 and 4), a later one alike
+    at 128² and 256², K = 2 and 4 (docs/speed-notes.md)."""
     layer_weights = _layer_weight_dict(config, weights)
     if config.approach == "multipass":
         if config.multipass_grams == "batched":
