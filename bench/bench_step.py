@@ -843,8 +843,8 @@ def main(argv=None):
     apart = not child and not args.one_process and len(process_groups(args)) > 1  # rows run in child processes
     # before any JAX or torch work: it binds threads that have not allocated yet; as the segstyle command,
     # only for steps on the CPU
-    if args.malloc == "keep" and not apart and host_memory.steps_run_on_cpu():
-        host_memory.keep_freed_memory(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
+    if args.malloc == "keep" and not apart:
+        host_memory.keep_freed_memory_for_cpu_steps(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     set_precision(args.precision)

@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs_steps:
             # this process is ours: keep the step's buffers between steps (CPU steps only: on a GPU
             # the settings only slowed XLA's compiler down, host_memory says by how much)
-            if host_memory.steps_run_on_cpu():
-                host_memory.keep_freed_memory(_largest_step_pixels(args))
+            host_memory.keep_freed_memory_for_cpu_steps(_largest_step_pixels(args))
             cache = compile_cache.resolve(args.compile_cache)
             if cache is not None:
                 try:

@@ -117,6 +117,13 @@ def keep_freed_memory(step_pixels: int | None = None) -> bool:
     return _applied
 
 
+def keep_freed_memory_for_cpu_steps(step_pixels: int | None = None) -> bool:
+    """:func:`keep_freed_memory` when this process's steps run on the CPU (:func:`steps_run_on_cpu`),
+    else nothing (on a GPU the settings only slowed XLA's compiler, module docstring); ``True`` if
+    the settings are in effect. What the ``segstyle`` command and the benchmarks call first."""
+    return keep_freed_memory(step_pixels) if steps_run_on_cpu() else False
+
+
 def uses_one_arena(step_pixels: int | None) -> bool:
     """Whether :func:`keep_freed_memory` gives a process whose largest step has ``step_pixels``
     pixels (x images; ``None``: unknown) one heap for all threads: above :data:`ONE_ARENA_PIXELS`."""
