@@ -100,7 +100,7 @@ def main(argv=None):
     p.add_argument("--torch", action="store_true", help="also time the same layer in PyTorch (NCHW)")
     p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     args = p.parse_args(argv)
-    host_memory.keep_freed_memory_for_cpu_steps(max(args.sizes) ** 2)  # as the segstyle command runs at the largest size
+    host_memory.keep_freed_memory_for_cpu_steps()  # as the segstyle command runs
     env, busy = environment(), machine_busy_pct()
     v = env["versions"]
     header = (f"{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | jax {v['jax']} jaxlib {v['jaxlib']} | "

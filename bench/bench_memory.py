@@ -36,7 +36,7 @@ def run_one(size: int, approach: str, steps: int, passes: str) -> dict:
     from segstyle_jax import api, demo_data, engine, host_memory
     from segstyle_jax.cli import PASSES
 
-    host_memory.keep_freed_memory_for_cpu_steps(size * size * (2 if approach == "multipass" else 1))  # as the segstyle command runs
+    host_memory.keep_freed_memory_for_cpu_steps()  # as the segstyle command runs
 
     row = {"size": size, "approach": approach, "steps": steps, "passes_requested": passes,
            "available_gib_at_start": (engine.available_memory_bytes() or 0) / 2 ** 30}

@@ -50,7 +50,9 @@ Reported per configuration (one JSON line each, then a Markdown table):
   ``XLA_FLAGS``, thread counts, the load average at the start and end of the row,
   ``*_cpu_util``, CPU seconds per wall second of each framework's timed steps (about the number of
   cores it kept busy), and ``others_cpu_util``, the most CPU other processes took during a timed
-  step (in cores, from /proc/stat).
+  step (in cores, from /proc/stat); ``jax_*_per_step`` and ``torch_*_per_step``, the median per
+  timed step of the process's minor page faults, voluntary and involuntary context switches and
+  system CPU seconds (``getrusage``: what the threads waited for or the kernel did for them).
 
 On a GPU (JAX's default device a GPU and this torch build able to use it) PyTorch runs there too,
 with ``cudnn.benchmark`` on; ``--precision`` sets what float32 convolutions and matrix products may
@@ -76,13 +78,14 @@ Memory allocation is the same for both: by default (``--malloc keep``) the proce
 ``segstyle_jax.host_memory.keep_freed_memory()``, as the ``segstyle`` command does, so neither
 framework page-faults its freed buffers in again at every step (both got faster with it: XLA frees
 its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--malloc glibc`` leaves
-glibc's malloc as it is. ``malloc_keeps_freed_memory`` and ``malloc_one_arena`` in every row say
-which. Like the command, the setting depends on the size of the step (one heap for all threads only
-when it is above 256 x 256 pixels x images: ``host_memory``'s docstring), and it binds the process's
-threads for good. Every row runs in a fresh child process of its own, as a ``segstyle`` run does
-(the parent measures the peak once and prints the table in its order): a JAX step measured 10-20%
-slower when other rows had run before it in the same process (:func:`process_groups`).
-``--one-process`` runs them all in one, with the setting for the largest step.
+glibc's malloc as it is. ``keep`` also turns JAX's asynchronous CPU dispatch off, so that the step
+runs on the calling thread and its temp buffer comes from the main heap (``host_memory``'s
+docstring: 5-10% faster steps at 128²-512²). ``malloc_keeps_freed_memory`` and
+``jax_cpu_async_dispatch`` in every row say which (rows saved before have ``malloc_one_arena``: one
+heap for all threads, the setting for large steps then). Every row runs in a fresh child process of
+its own, as a ``segstyle`` run does (the parent measures the peak once and prints the table in its
+order): a JAX step measured 10-20% slower when other rows had run before it in the same process
+(:func:`process_groups`). ``--one-process`` runs them all in one.
 
 ``--breakdown`` also times, for both, taking turns: the VGG forward alone, VGG forward + backward
 (no Gram), the style (Gram) part with its gradient from given features, the loss forward, and the
@@ -188,7 +191,7 @@ def environment() -> dict:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "xla_compile_options": engine.compiler_options(),
         "malloc_keeps_freed_memory": host_memory.is_applied(),
-        "malloc_one_arena": host_memory.one_arena(),
+        "jax_cpu_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
         **gpu_environment(),
@@ -369,10 +372,22 @@ def _machine_cpu_seconds() -> float:
     return (sum(v) - v[3] - v[4]) / _TICK
 
 
-def _timed(fn, cpu: list | None = None, others: list | None = None):
+_USAGE_FIELDS = {"page_faults": "ru_minflt", "voluntary_switches": "ru_nvcsw", "involuntary_switches": "ru_nivcsw",
+                 "sys_s": "ru_stime"}
+
+
+def _usage() -> dict:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {name: getattr(r, field) for name, field in _USAGE_FIELDS.items()}
+
+
+def _timed(fn, cpu: list | None = None, others: list | None = None, usage: list | None = None):
     """``(fn(), wall seconds)``. Appends this process's CPU seconds per wall second to ``cpu`` and
     the other processes' to ``others`` (both in cores kept busy; /proc/stat has 10 ms ticks, so
-    ``others`` is coarse for short calls)."""
+    ``others`` is coarse for short calls), and to ``usage`` the process's getrusage counts during
+    the call (:data:`_USAGE_FIELDS`: minor page faults, voluntary and involuntary context switches
+    of all its threads, system CPU seconds)."""
+    u0 = _usage() if usage is not None else None
     m0, c0, t0 = _machine_cpu_seconds(), _cpu_seconds(), time.perf_counter()
     out = fn()
     wall = time.perf_counter() - t0
@@ -381,7 +396,15 @@ def _timed(fn, cpu: list | None = None, others: list | None = None):
         cpu.append((c1 - c0) / wall)
     if others is not None:
         others.append(max(0.0, (m1 - m0) - (c1 - c0)) / wall)
+    if usage is not None:
+        u1 = _usage()
+        usage.append({k: u1[k] - u0[k] for k in u0})
     return out, wall
+
+
+def usage_medians(prefix: str, usage: list[dict]) -> dict:
+    """Per-step medians of :func:`_timed`'s ``usage`` records, as ``{prefix}_{name}_per_step``."""
+    return {f"{prefix}_{k}_per_step": statistics.median(u[k] for u in usage) for k in _USAGE_FIELDS} if usage else {}
 
 
 def _cost(compiled) -> dict:
@@ -516,17 +539,17 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
         row["torch_gflop_per_eval"] = counter.get_total_flops() / 1e9
 
     # -- timed steps, alternating
-    jt, tt, jc, tc, busy = [], [], [], [], []
+    jt, tt, jc, tc, busy, ju, tu = [], [], [], [], [], [], []
     evals["n"] = 0
     ls_steps = []
     for _ in range(args.steps):
-        loss_j, s = _timed(jax_step, jc, busy)
+        loss_j, s = _timed(jax_step, jc, busy, ju)
         jt.append(s)
         if optimizer == "lbfgs":
             import optax
 
             ls_steps.append(int(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps")))
-        loss_t, s = _timed(ref.step, tc, busy)
+        loss_t, s = _timed(ref.step, tc, busy, tu)
         tt.append(s)
     js, ts = _stats(jt), _stats(tt)
     row.update({f"jax_step_{k_}_s": v for k_, v in js.items()})
@@ -537,6 +560,9 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
     # below the thread count means the threads waited (e.g. for a core another process holds).
     row["jax_cpu_util"], row["torch_cpu_util"] = statistics.median(jc), statistics.median(tc)
     row["others_cpu_util"] = max(busy)  # the worst disturbance seen during a timed step, in cores
+    # what the process's threads did during a step: page faults, context switches, system time
+    row.update(usage_medians("jax", ju))
+    row.update(usage_medians("torch", tu))
     row["loss_last_jax"], row["loss_last_torch"] = loss_j, loss_t
     # after the same number of steps from the same start: how far the two images drifted apart
     diff = np.abs(np.asarray(state.image) - ref.image)
@@ -665,10 +691,14 @@ def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
 
 
 def malloc_mode(row) -> str:
-    """A row's malloc setting in a word: ``one heap``, ``arenas`` (keep_freed_memory either way) or ``glibc``."""
+    """A row's malloc setting in a few words: ``glibc`` (its defaults), ``kept, sync`` (keep_freed_memory:
+    freed memory kept, JAX's CPU dispatch synchronous) or, in rows saved before that, ``one heap`` or
+    ``arenas`` (kept, asynchronous dispatch, one heap for all threads or per-thread arenas)."""
     if not row.get("malloc_keeps_freed_memory"):
         return "glibc"
-    return "one heap" if row.get("malloc_one_arena") else "arenas"
+    if "malloc_one_arena" in row:
+        return "one heap" if row["malloc_one_arena"] else "arenas"
+    return "kept, sync" if row.get("jax_cpu_async_dispatch") is False else "kept"
 
 
 def step_memory(row) -> str:
@@ -731,16 +761,10 @@ def breakdown_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def row_pixels(size: int, k: int, approach: str) -> int:
-    """Pixels x images of a row's step: what the ``segstyle`` command passes to
-    :func:`segstyle_jax.host_memory.keep_freed_memory` for it (``K`` images for multipass)."""
-    return size * size * (k if approach == "multipass" else 1)
-
-
 def process_groups(args) -> list[tuple[int, list[tuple[int, str]]]]:
     """The rows as ``(size, [(K, approach)])`` groups, one per fresh process: every row (its
     optimizers, convolutions and poolings together) in a process of its own, with the malloc setting
-    the ``segstyle`` command would give its step (:func:`segstyle_jax.host_memory.uses_one_arena`).
+    the ``segstyle`` command runs with.
 
     One process per row because a row's JAX step measured slower when other rows had run before it
     in the same process (256², K = 4, blended: 0.285-0.293 s a step in a fresh process, alternating
@@ -811,11 +835,11 @@ def main(argv=None):
     p.add_argument("--breakdown-reps", type=int, default=3)
     p.add_argument("--malloc", default="keep", choices=("keep", "glibc"),
                    help="keep: segstyle_jax.host_memory.keep_freed_memory() for both frameworks, as the segstyle "
-                        "command runs (freed buffers are reused, not faulted in again every step; one heap for all "
-                        "threads for steps above 256x256 pixels x images); glibc: its malloc as it is (default: keep)")
+                        "command runs (freed buffers are reused, not faulted in again every step; JAX's CPU dispatch "
+                        "synchronous); glibc: its malloc and JAX's dispatch as they are (default: keep)")
     p.add_argument("--one-process", action="store_true",
-                   help="run all rows in this process (default: each row in a fresh child process, with the "
-                        "malloc setting the segstyle command gives its step)")
+                   help="run all rows in this process (default: each row in a fresh child process, as a "
+                        "segstyle run is)")
     p.add_argument("--table", type=Path, nargs="+", metavar="JSONL",
                    help="print the Markdown table of rows saved with --jsonl (rates recomputed) and exit")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)   # a child: this size only
@@ -841,10 +865,10 @@ def main(argv=None):
     args.pairs = [tuple(pair) for pair in json.loads(args.child_rows)] if child else \
         [(k, approach) for k in args.segments for approach in args.approaches]
     apart = not child and not args.one_process and len(process_groups(args)) > 1  # rows run in child processes
-    # before any JAX or torch work: it binds threads that have not allocated yet; as the segstyle command,
-    # only for steps on the CPU
+    # before any JAX or torch work (JAX's CPU client reads its dispatch setting when it starts); as the
+    # segstyle command, only for steps on the CPU
     if args.malloc == "keep" and not apart:
-        host_memory.keep_freed_memory_for_cpu_steps(max(row_pixels(size, k, a) for size in args.sizes for k, a in args.pairs))
+        host_memory.keep_freed_memory_for_cpu_steps()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     set_precision(args.precision)
@@ -871,7 +895,7 @@ def main(argv=None):
     env = rows[0]
     v, peak = env["versions"], {k: env[k] for k in ("peak_gflops", "peak_source")}
     modes = sorted({malloc_mode(r) for r in rows})
-    malloc = f"{', '.join(modes)} (keep_freed_memory with one heap for all threads or with per-thread arenas, or glibc's)"
+    malloc = f"{', '.join(modes)} (keep_freed_memory: freed memory kept and JAX's CPU dispatch synchronous, or glibc's)"
     tunables = f" | GLIBC_TUNABLES={env['GLIBC_TUNABLES']}" if env.get("GLIBC_TUNABLES") else ""
     print(f"\n{env['device']} | {env['cpu']} | {env['cpu_count']} cpus | torch threads {env['torch_threads']} | "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}, compile options {env['xla_compile_options']}, "

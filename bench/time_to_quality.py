@@ -451,8 +451,7 @@ def main(argv=None):
         args.save_dir.mkdir(parents=True, exist_ok=True)
     save = (lambda name: args.save_dir / f"{name}.png") if args.save_dir else (lambda name: None)
 
-    # as the segstyle command runs at this size (the astronaut has two segments)
-    host_memory.keep_freed_memory_for_cpu_steps(size * size * (2 if args.approach == "multipass" else 1))
+    host_memory.keep_freed_memory_for_cpu_steps()  # as the segstyle command runs
     if args.compile_cache:
         compile_cache.enable(args.compile_cache)
     t_start = time.perf_counter()

@@ -484,23 +484,14 @@ def _add_compile_cache(group) -> None:
                             "off: compile every time")
 
 
-def _largest_step_pixels(args) -> int:
-    """Pixels x images of the largest step ``stylize`` or ``demo`` will run, for
-    :func:`segstyle_jax.host_memory.keep_freed_memory`: ``--size`` squared (the longest side, so an
-    upper bound), twice that when a batched multipass step runs (its ``K`` is not known before the
-    segmentation: at least 2)."""
-    multipass = args.command == "demo" or args.compare or args.approach == "multipass"
-    return args.size * args.size * (2 if multipass else 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runs_steps = args.command in ("stylize", "demo")
     try:
         if runs_steps:
-            # this process is ours: keep the step's buffers between steps (CPU steps only: on a GPU
-            # the settings only slowed XLA's compiler down, host_memory says by how much)
-            host_memory.keep_freed_memory_for_cpu_steps(_largest_step_pixels(args))
+            # this process is ours: keep the step's buffers between steps and run CPU steps on this
+            # thread (CPU steps only: host_memory's docstring)
+            host_memory.keep_freed_memory_for_cpu_steps()
             cache = compile_cache.resolve(args.compile_cache)
             if cache is not None:
                 try:

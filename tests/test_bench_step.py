@@ -13,8 +13,6 @@ from segstyle_jax import host_memory  # noqa: E402
 
 
 def test_every_row_gets_a_process_of_its_own():
-    assert bench_step.row_pixels(128, 2, "blended") == 128 * 128
-    assert bench_step.row_pixels(128, 4, "multipass") == 4 * 128 * 128
     args = argparse.Namespace(sizes=[128, 256], segments=[1, 2], approaches=["blended", "multipass"])
     assert bench_step.process_groups(args) == [
         (size, [(k, approach)]) for size in (128, 256) for k in (1, 2) for approach in ("blended", "multipass")]
@@ -31,14 +29,35 @@ def test_each_row_runs_in_its_own_process(capsys, tmp_path, monkeypatch):
     assert len({r["pid"] for r in rows}) == 2  # two child processes
     for r in rows:
         assert r["ratio"] > 0 and r["loss0_rel_diff"] < 1e-4
-        assert not r["malloc_one_arena"]  # small steps keep per-thread arenas
+        assert r["malloc_keeps_freed_memory"] and r["jax_cpu_async_dispatch"] is False  # as the command runs
         assert r["peak_gflops"] == rows[0]["peak_gflops"]  # measured once, by the parent
         assert r["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+        assert r["jax_page_faults_per_step"] >= 0 and r["torch_sys_s_per_step"] >= 0
     assert [json.loads(line)["size"] for line in jsonl.read_text().splitlines()] == [32, 48]
     out = capsys.readouterr().out
     assert "each row in a fresh process of its own" in out and "| 48 | 1 | blended |" in out
     assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in out
     assert host_memory.is_applied() == applied_here  # the parent (this process) left its malloc alone
+
+
+def test_timed_counts_what_the_call_made_the_kernel_do():
+    import numpy as np
+
+    usage = []
+
+    def touch_fresh_pages():  # 64 MB from mmap: one minor fault per 4 KiB page at least once touched
+        a = np.empty(64 * 2 ** 20, np.uint8)
+        a[::4096] = 1
+        return int(a[4096])
+
+    out, wall = bench_step._timed(touch_fresh_pages, usage=usage)
+    assert out == 1 and wall > 0
+    assert usage[0]["page_faults"] >= 64 * 2 ** 20 // 4096 // 512  # even with 2 MiB huge pages
+    assert set(usage[0]) == {"page_faults", "voluntary_switches", "involuntary_switches", "sys_s"}
+    bench_step._timed(lambda: None, usage=usage)
+    med = bench_step.usage_medians("jax", usage)
+    assert med["jax_page_faults_per_step"] == (usage[0]["page_faults"] + usage[1]["page_faults"]) / 2
+    assert bench_step.usage_medians("jax", []) == {}
 
 
 def _timed_row(**extra):

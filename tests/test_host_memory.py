@@ -1,6 +1,6 @@
-"""keep_freed_memory: with it, a freed large block stays in the process (also one a worker thread
-allocated, whose arena cannot hold blocks above 64 MB, when the process's steps are large and all
-threads share one heap); without it, glibc unmaps it."""
+"""keep_freed_memory: with it, a freed large block stays in the process, and a jitted CPU
+computation whose temp buffer is above 64 MB (more than a worker thread's arena can hold) runs
+without faulting that buffer in again at every call; without it, glibc unmaps both."""
 
 import subprocess
 import sys
@@ -10,10 +10,8 @@ import pytest
 CODE = """
 import os, sys, threading
 from segstyle_jax import host_memory
-step_pixels = None if sys.argv[3] == "unknown" else int(sys.argv[3])
-applied = host_memory.keep_freed_memory(step_pixels) if sys.argv[1] == "keep" else False
+applied = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
 assert host_memory.is_applied() == applied
-assert host_memory.one_arena() == (applied and host_memory.uses_one_arena(step_pixels))
 import numpy as np
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -22,7 +20,7 @@ def alloc(mb):
     a = np.ones(mb << 20, np.uint8)
     del a
 before = rss_mb()
-if sys.argv[2] == "thread":  # as XLA's worker threads allocate the step's buffers
+if sys.argv[2] == "thread":  # a thread's own arena cannot hold 96 MB: mmapped whatever the settings
     t = threading.Thread(target=alloc, args=(96,))
     t.start()
     t.join()
@@ -32,39 +30,61 @@ print(applied, rss_mb() - before)
 """
 
 
-def freed_block_kept(mode: str, where: str, step_pixels: str = "unknown") -> tuple[bool, float]:
+def freed_block_kept(mode: str, where: str) -> tuple[bool, float]:
     """In a fresh process: ``(keep_freed_memory applied, MB still mapped after a large block was freed)``."""
-    out = subprocess.run([sys.executable, "-c", CODE, mode, where, step_pixels], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", CODE, mode, where], capture_output=True, text=True, check=True)
     applied, grown = out.stdout.split()
     return applied == "True", float(grown)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
-@pytest.mark.parametrize("where", ["main", "thread"])
-def test_freed_memory_is_kept_only_when_asked(where):
-    kept = {mode: freed_block_kept(mode, where) for mode in ("keep", "default")}
+def test_freed_memory_is_kept_only_when_asked():
+    kept = {mode: freed_block_kept(mode, "main") for mode in ("keep", "default")}
     if not kept["keep"][0]:
         pytest.skip("the C library has no mallopt (not glibc)")
     assert kept["keep"][1] > 48        # the block is still mapped after del
     assert kept["default"][1] < 16     # glibc gave it back (it was mmapped)
+    _, thread_kept = freed_block_kept("keep", "thread")
+    assert thread_kept < 16            # what the settings cannot keep: so the steps run on the main thread
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
-def test_small_steps_keep_per_thread_arenas():
-    from segstyle_jax import host_memory
+STEP = """
+import resource, sys
+from segstyle_jax import host_memory
+applied = host_memory.keep_freed_memory() if sys.argv[1] != "default" else False
+import jax, jax.numpy as jnp
+assert jax.config.read("jax_cpu_enable_async_dispatch") == (not applied)
+if sys.argv[1] == "mallopt-only":  # the malloc settings with JAX's asynchronous dispatch back on
+    jax.config.update("jax_cpu_enable_async_dispatch", True)
+def g(x, w):  # a temp buffer above 64 MB: a = [4096, 4096] float32 is kept for the two products
+    a = jnp.sin(x) * 2 + 1
+    return (a @ w).sum() + (a.T @ (jnp.cos(x) @ w)).sum()
+f = jax.jit(g)
+x, w = jnp.ones((4096, 4096), jnp.float32), jnp.ones((4096, 64), jnp.float32)
+temp_mb = f.lower(x, w).compile().memory_analysis().temp_size_in_bytes / 2 ** 20
+for _ in range(2):
+    f(x, w).block_until_ready()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    f(x, w).block_until_ready()
+print(applied, temp_mb, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3)
+"""
 
-    small = str(host_memory.ONE_ARENA_PIXELS)  # 256 x 256: the largest that keeps per-thread arenas
-    assert not host_memory.uses_one_arena(host_memory.ONE_ARENA_PIXELS)
-    assert host_memory.uses_one_arena(host_memory.ONE_ARENA_PIXELS + 1) and host_memory.uses_one_arena(None)
-    applied, main_kept = freed_block_kept("keep", "main", small)
-    if not applied:
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+def test_a_large_temp_buffer_is_kept_between_calls_only_when_asked():
+    runs = {}
+    for mode in ("keep", "default", "mallopt-only"):
+        out = subprocess.run([sys.executable, "-c", STEP, mode], capture_output=True, text=True, check=True)
+        applied, temp_mb, faults = out.stdout.split()
+        runs[mode] = (applied == "True", float(temp_mb), float(faults))
+    if not runs["keep"][0]:
         pytest.skip("the C library has no mallopt (not glibc)")
-    _, thread_kept = freed_block_kept("keep", "thread", small)
-    _, thread_kept_large = freed_block_kept("keep", "thread", str(host_memory.ONE_ARENA_PIXELS + 1))
-    assert main_kept > 48            # the main heap keeps it either way
-    assert thread_kept < 16          # a worker thread's own arena cannot hold 96 MB: mmapped, given back
-    assert thread_kept_large > 48    # with one heap for all threads it stays
+    pages = runs["keep"][1] * 2 ** 20 / 4096
+    assert runs["keep"][1] > 96                     # more than a thread's arena holds
+    assert runs["default"][2] > pages / 2           # faulted in again at every call
+    assert runs["mallopt-only"][2] > pages / 2      # a worker thread's arena cannot keep it
+    assert runs["keep"][2] < pages / 10             # kept: few faults (measured 0-872 of 33024 pages)
 
 
 PRELUDE = """
