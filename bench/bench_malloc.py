@@ -1,13 +1,13 @@
-"""The JAX step with glibc's malloc as it is and with ``host_memory.keep_freed_memory()`` both ways
-(per-thread arenas, one heap for all threads), with JAX's asynchronous CPU dispatch and without,
-each in its own fresh process.
+"""The JAX step with glibc's malloc as it is, with the settings of ``host_memory.keep_freed_memory()``
+and with their alternatives (per-thread arenas or one heap for all threads, JAX's CPU dispatch
+asynchronous or synchronous), each in its own fresh process.
 
-    python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2; about 5 minutes
+    python bench/bench_malloc.py                       # 128 px K 1 and 2, 256 px K 2, every mode: about 7 minutes
     python bench/bench_malloc.py --configs 256:2 512:1 --steps 30 --rounds 3 --modes arenas arenas-sync
 
 The setting changes glibc's malloc for the whole process, so it cannot be compared inside one
 process, and not next to PyTorch (``bench_step.py --malloc keep`` and ``--malloc glibc`` show the two
-frameworks sharing one heap): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
+frameworks in one process): every configuration runs ``--rounds`` times in each mode, the modes alternating, each run a
 fresh process that compiles the engine's step (``conv='auto'``), takes ``--warmup``
 untimed steps and then ``--steps`` timed ones. Modes (:data:`MODES`): ``glibc`` (its defaults),
 ``arenas`` (``mallopt`` as ``keep_freed_memory`` sets it, glibc's per-thread arenas kept),
@@ -20,6 +20,7 @@ Reported: the median step of each run, the median over runs, each mode's ratio t
 page faults per timed step (minor faults: each is a 4 KB page of a freed buffer that the OS maps
 and zeroes again).
 """
+
 from __future__ import annotations
 
 import argparse
