@@ -41,14 +41,19 @@ def test_each_row_runs_in_its_own_process(capsys, tmp_path, monkeypatch):
 
 
 def test_timed_counts_what_the_call_made_the_kernel_do():
+    import mmap
+
     import numpy as np
 
     usage = []
 
-    def touch_fresh_pages():  # 64 MB from mmap: one minor fault per 4 KiB page at least once touched
-        a = np.empty(64 * 2 ** 20, np.uint8)
-        a[::4096] = 1
-        return int(a[4096])
+    def touch_fresh_pages():  # 64 MB mapped fresh (not from malloc, whose settings a test may have changed)
+        with mmap.mmap(-1, 64 * 2 ** 20) as m:
+            a = np.frombuffer(m, np.uint8)
+            a[::4096] = 1  # one minor fault per 4 KiB page (or per 2 MiB huge page) at first touch
+            out = int(a[4096])
+            del a
+        return out
 
     out, wall = bench_step._timed(touch_fresh_pages, usage=usage)
     assert out == 1 and wall > 0
