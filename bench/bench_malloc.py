@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from segstyle_jax.config import APPROACHES  # noqa: E402  (importing JAX starts no backend: apply_mode can still act)
 
 MODES = ("glibc", "arenas", "one-heap", "arenas-sync", "one-heap-sync")
-APPROACHES = ("multipass", "blended", "locality", "localized")
 COMMAND_MODE = "arenas-sync"  # what keep_freed_memory applies (the segstyle command, on a CPU)
 
 

@@ -80,7 +80,7 @@ framework page-faults its freed buffers in again at every step (both got faster 
 its whole temp buffer after each step, PyTorch its tensors above 32 MB); ``--malloc glibc`` leaves
 glibc's malloc as it is. ``keep`` also turns JAX's asynchronous CPU dispatch off, so that the step
 runs on the calling thread and its temp buffer comes from the main heap (``host_memory``'s
-docstring: 5-10% faster steps at 128²-512²). ``malloc_keeps_freed_memory`` and
+docstring: steps whose buffer is above 64 MB 5-10% faster, the others alike). ``malloc_keeps_freed_memory`` and
 ``jax_cpu_async_dispatch`` in every row say which (rows saved before have ``malloc_one_arena``: one
 heap for all threads, the setting for large steps then). Every row runs in a fresh child process of
 its own, as a ``segstyle`` run does (the parent measures the peak once and prints the table in its
