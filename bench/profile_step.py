@@ -6,7 +6,10 @@
 Builds the engine's step on the bench inputs of ``bench_step.py`` (real default VGG16 weights, the
 astronaut, K vertical bands, ``--conv auto``) and compiles it with the engine's compile options plus
 ``xla_cpu_enable_xprof_traceme``, so that XLA's CPU runtime records every op (thunk) it runs and every
-task of its thread pool. After ``--warmup`` steps, ``--steps`` steps run under ``jax.profiler.trace``
+task of its thread pool. The process first runs ``host_memory.keep_freed_memory()``, as the ``segstyle``
+command and ``bench_step.py`` do (``--malloc keep``, the default: freed memory kept, the step on the calling
+thread), so that the trace is of the step they run; ``--malloc glibc`` leaves malloc and JAX's
+asynchronous CPU dispatch as they are (the step then runs on a worker thread). After ``--warmup`` steps, ``--steps`` steps run under ``jax.profiler.trace``
 (a Perfetto trace in ``--trace-dir``, a temporary folder by default) and the trace is read back:
 
 * ``op kinds``: HLO ops grouped by name without their number (``dot_general``, ``copy_bitcast_fusion``,
@@ -44,7 +47,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.bench_step import make_inputs  # noqa: E402
-from segstyle_jax import engine, winograd  # noqa: E402
+from segstyle_jax import engine, host_memory, winograd  # noqa: E402
 from segstyle_jax.config import APPROACHES, OPTIMIZERS, LossWeights, StepConfig  # noqa: E402
 from segstyle_jax.weights import load_default_weights  # noqa: E402
 
@@ -124,9 +127,14 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=5, help="untraced steps before (default 5)")
     p.add_argument("--kinds", type=int, default=25, help="op kinds listed (default 25)")
     p.add_argument("--trace-dir", type=Path, help="keep the trace here (default: a temporary folder)")
+    p.add_argument("--malloc", default="keep", choices=("keep", "glibc"),
+                   help="keep: host_memory.keep_freed_memory() first, as the segstyle command runs (default); "
+                        "glibc: malloc and JAX's CPU dispatch as they are")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
+    if args.malloc == "keep":
+        host_memory.keep_freed_memory()  # before the backend starts: it fixes the dispatch mode
     if jax.default_backend() != "cpu":
         raise SystemExit(f"profile_step reads XLA's CPU runtime events; this JAX runs on {jax.default_backend()}")
 
@@ -158,7 +166,10 @@ def main(argv=None):
         s = summarize(trace_events(trace_dir), args.steps)
 
     print(f"{args.size}² {args.approach} K = {args.segments} {args.optimizer} conv {args.conv}, "
-          f"jax {jax.__version__}, {jax.devices()[0].device_kind}: {wall_ms:.1f} ms a step under the profiler; "
+          f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
+          f"malloc {'keeps freed memory' if host_memory.is_applied() else 'as glibc has it'}, CPU dispatch "
+          f"{'asynchronous' if jax.config.read('jax_cpu_enable_async_dispatch') else 'synchronous'}"
+          f": {wall_ms:.1f} ms a step under the profiler; "
           f"per step: {s['ops']:.0f} ops, {s['pool_tasks']:.0f} thread-pool "
           f"tasks; work from first to last event {s['span_ms']:.1f} ms, covered by an op or task "
           f"{s['covered_ms']:.1f} ms, {s['gaps']:.0f} gaps in which nothing traced ran, {s['gap_ms']:.1f} ms "

@@ -147,7 +147,8 @@ def parse_schedule(spec: str) -> list[Stage]:
 
 def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
     """The candidates run by default; ``coarse`` steps at half size, half that at quarter size,
-    a quarter at an eighth (``-low``: 1.5 x ``coarse`` at quarter size, 0.3 x at half size).
+    a quarter at an eighth (``-low``: 1.5 x ``coarse`` at quarter size, 0.3 x at half size;
+    ``-even``: ``coarse`` at both).
 
     History, from exploratory runs (steps are full-size steps to the target):
 
@@ -180,6 +181,15 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
       -> 108, 53.1 s; 50 / 100 with 50 pairs -> 105, 56.1 s. The full-size stage takes 100-130 steps
       whatever came before; here a 64 px step costs 0.15 of a 256 px one and a 128 px step 0.4, so
       the cheapest start shifts the coarse work to 64 px (``c2f-lbfgs-fixed20-low``).
+    * 256 px, the *(Xeon)* target 1819, ``lbfgs-fixed/20`` (one run each, a day on which the machine's
+      steps ran 20% slower; counts are exact, times only comparable within that day): steps at 64 /
+      128 px -> full-size steps: 50 / 100 -> 118 (the day before); 150 / 30 -> 125 (the day before);
+      50 / 30 -> 146; 50 / 60 -> 136; 25 / 40 -> 151; 30 / 30 -> 154; 0 / 60 -> 152; 100 / 0 -> 158;
+      50 / 150 -> 105; 50 / 200 -> 98; 100 / 100 -> 106; 150 / 100 -> 103; 200 / 100 -> 100;
+      100 / 150 -> 96; 50 / 100 and 30 or 60 at 192 px -> 104 or 92; 100 at 32 px and 100 / 100 -> 96.
+      In seconds 100 / 100 came first (53.7 s against 56.8-59.6 s for the others with 100 or more
+      coarse steps; 64 / 128 / 256 px steps 0.043 / 0.10 / 0.32 s that day):
+      ``c2f-lbfgs-fixed20-even``.
     """
     return {
         "c2f-adam": f"adam@0.25:{max(1, coarse // 2)},adam@0.5:{coarse},adam@1",
@@ -187,6 +197,7 @@ def default_candidates(ref_steps: int, coarse: int) -> dict[str, str]:
         "c2f-lbfgs-fixed": f"lbfgs-fixed@0.25:{max(1, coarse // 2)},lbfgs-fixed@0.5:{coarse},lbfgs-fixed@1",
         "c2f-lbfgs-fixed20": (f"lbfgs-fixed/20@0.25:{max(1, coarse // 2)},lbfgs-fixed/20@0.5:{coarse},"
                               "lbfgs-fixed/20@1"),
+        "c2f-lbfgs-fixed20-even": f"lbfgs-fixed/20@0.25:{coarse},lbfgs-fixed/20@0.5:{coarse},lbfgs-fixed/20@1",
         "c2f-lbfgs-fixed20-low": (f"lbfgs-fixed/20@0.25:{max(1, coarse * 3 // 2)},"
                                   f"lbfgs-fixed/20@0.5:{max(1, coarse * 3 // 10)},lbfgs-fixed/20@1"),
         "c2f3-lbfgs-fixed": (f"lbfgs-fixed@0.125:{max(1, coarse // 2)},lbfgs-fixed@0.25:{coarse},"

@@ -9,7 +9,9 @@ convolution algorithm) and on the jax/jaxlib version, device and compile options
 masks, loss weights and the VGG weights are arguments of the step
 (:func:`segstyle_jax.engine.make_update_fn`), so another photo of the same height and width
 (after resizing to ``--size``) hits the cache.
-An entry is about 0.2 MB. A hit still traces and lowers the step (about 1.5 s at 256 px).
+An entry is about 0.2 MB. A hit still traces and lowers the program (about 1.5 s for a 256 px
+step); the update steps themselves are also kept, serialized, in the ``steps`` folder
+(:mod:`segstyle_jax.step_store`, CPU), keyed by what they are made from, and load without tracing.
 
 The ``segstyle`` command enables it (``--compile-cache DIR`` or ``off``; the environment variable
 :data:`ENV_VAR` sets the default the same way); the Python API leaves JAX's configuration alone
@@ -95,9 +97,12 @@ def counts() -> dict:
 
 def summary() -> str:
     """One line for the user: where the cache is and what it did (:func:`counts`)."""
-    c = counts()
+    from segstyle_jax import step_store  # (it imports this module)
+
+    c, s = counts(), step_store.counts()
+    steps = f"; update steps: {s['loaded']} loaded without tracing, {s['stored']} stored" if s["loaded"] or s["stored"] else ""
     return (f"compile cache {enabled_dir()}: {c['loaded']} program{'s' if c['loaded'] != 1 else ''} loaded ({c['seconds_saved']:.1f} s of compiling "
-            f"saved), {c['stored']} compiled and stored")
+            f"saved), {c['stored']} compiled and stored{steps}")
 
 
 def enabled_dir() -> Path | None:

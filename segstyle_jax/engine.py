@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segstyle_jax import losses, masks as masks_lib
+from segstyle_jax import losses, masks as masks_lib, step_store
 from segstyle_jax.config import LossWeights, StepConfig
 from segstyle_jax.device_variables import device_variables
 from segstyle_jax.vgg import VGG, conv_algorithms, layer_names
@@ -285,22 +285,24 @@ class BoundStep:
     """A jitted step (or its ``Lowered`` / ``Compiled`` form) with its last argument bound: calling
     ``BoundStep(f, v)(*args)`` runs ``f(*args, v)``, ``.lower(*args)`` lowers ``f`` for ``(*args, v)``
     and ``.compile()`` compiles that, each again bound to ``v``; everything else (``cost_analysis``,
-    ``memory_analysis``, ``as_text``, ...) is the wrapped object's."""
+    ``memory_analysis``, ``as_text``, ...) is the wrapped object's. ``program_key``: what the jitted
+    function is made from (:func:`make_update_fn`), for :mod:`segstyle_jax.step_store`; ``None`` when
+    that is not known (then the step is never stored)."""
 
-    def __init__(self, target, bound):
-        self._target, self.bound = target, bound
+    def __init__(self, target, bound, program_key=None):
+        self._target, self.bound, self.program_key = target, bound, program_key
 
     def __call__(self, *args):
         return self._target(*args, self.bound)
 
     def lower(self, *args):
-        return BoundStep(self._target.lower(*args, self.bound), self.bound)
+        return BoundStep(self._target.lower(*args, self.bound), self.bound, self.program_key)
 
     def compile(self, *args, **kwargs):
-        return BoundStep(self._target.compile(*args, **kwargs), self.bound)
+        return BoundStep(self._target.compile(*args, **kwargs), self.bound, self.program_key)
 
     def __getattr__(self, name):
-        if name.startswith("__") or name in ("_target", "bound"):
+        if name.startswith("__") or name in ("_target", "bound", "program_key"):
             raise AttributeError(name)
         return getattr(self._target, name)
 
@@ -338,6 +340,10 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
     plan = conv_algorithms(model.arch, model.conv, config.height, config.width, jax.default_backend(),
                            config.compute_dtype)
     variables = device_variables(params, plan)  # shared with the steps of other scales (its docstring)
+    # what the program is made from, for the step store; unknown for an optimizer passed in
+    program_key = None if optimizer is not None else (
+        "update", config, (model.arch, tuple(model.taps), model.pooling, tuple(model.mean), tuple(model.std),
+                           model.conv, model.dtype), tuple(sorted(plan.items())))
     optimizer = optimizer or make_optimizer(config)
     loss = multipass_loss if config.approach == "multipass" else one_image_loss
 
@@ -383,7 +389,7 @@ def make_update_fn(config: StepConfig, model: VGG, optimizer: optax.GradientTran
         info = {"loss": value, "grad_norm": jnp.sqrt(jnp.sum(grad * grad)), "finite": finite, **terms}
         return new_state, info
 
-    return init, BoundStep(update, variables)
+    return init, BoundStep(update, variables, program_key)
 
 
 def available_memory_bytes() -> int | None:
@@ -449,9 +455,22 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
     (arguments, outputs and temporaries) exceeds 80% of ``available_bytes`` (default: what
     :func:`available_memory_bytes` reports now), with the sizes in the message: the process's peak
     RSS ran 6-25% above the estimate in 2048² runs (the targets, the weights and the runtime
-    live outside the step). ``compiled`` is called like ``update``."""
+    live outside the step). ``compiled`` is called like ``update``.
+
+    With :mod:`segstyle_jax.step_store` on (the compile cache enabled, CPU) a step compiled before
+    with the same recipe and argument shapes is loaded from it without tracing, and a step compiled
+    here is stored (``update.program_key`` set: :func:`make_update_fn`)."""
     t0 = time.perf_counter()
-    compiled = compile_lowered(update.lower(state, targets, weights))
+    key = loaded = None
+    if getattr(update, "program_key", None) is not None and step_store.directory() is not None:
+        key = step_store.step_key(update.program_key, (state, targets, weights, update.bound), compiler_options())
+        loaded = step_store.load(key)
+    if loaded is not None:
+        compiled = BoundStep(loaded, update.bound, update.program_key)
+    else:
+        compiled = compile_lowered(update.lower(state, targets, weights))
+        if key is not None:
+            step_store.store(key, compiled._target)
     seconds = time.perf_counter() - t0
     analysis = compiled.memory_analysis()
     need = None

@@ -1,5 +1,6 @@
 """The persistent compile cache: where it lives, how it is turned off, and that a second run loads
-the compiled step instead of compiling it, with the same result."""
+the compiled step instead of compiling it (and the update step from the step store, without
+tracing it), with the same result."""
 
 import os
 import subprocess
@@ -88,9 +89,16 @@ def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights
     weights_bytes = os.path.getsize(random_weights_file)
     assert all(p.stat().st_size < weights_bytes / 4 for p in cache.iterdir())
 
+    # the update step is also kept serialized (step_store), and a new process loads it without tracing
+    stored = sorted(p.name for p in (cache / "steps").iterdir())
+    assert len(stored) == 1 and stored[0].endswith(".step"), stored
+    assert "update steps: 0 loaded without tracing, 1 stored" in first.stderr
+
     second = _run_cli(args(tmp_path / "b.png", str(cache)), env)
     assert second.returncode == 0, second.stderr
     assert "0 compiled and stored" in second.stderr and "0 programs loaded" not in second.stderr
+    assert "update steps: 1 loaded without tracing, 0 stored" in second.stderr
+    assert sorted(p.name for p in (cache / "steps").iterdir()) == stored
     assert sorted(p.name for p in cache.iterdir()) == entries
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
 

@@ -1,0 +1,165 @@
+"""Compiled update steps on disk, found without tracing: what a run at a size seen before loads.
+
+XLA's persistent cache (:mod:`segstyle_jax.compile_cache`) is keyed by the lowered program, so a
+hit still traces the step in Python and lowers it: 1.2-1.9 s of one core per scale at 64-256 px on
+the 2-core benchmark CPU, which in a coarse-to-fine run happens while the scale before steps, and
+slows those steps down. This store keys a compiled step by what the program is made from instead,
+and keeps it serialized (``jax.experimental.serialize_executable``): a hit reads one file (about
+1 MB) and loads the executable (0.15 s at 64 px), with nothing traced.
+
+The key (:func:`step_key`, a SHA-256) covers everything the program depends on:
+
+* the step's recipe (:attr:`segstyle_jax.engine.BoundStep.program_key`, set by
+  :func:`segstyle_jax.engine.make_update_fn` when the optimizer comes from the config): the whole
+  :class:`~segstyle_jax.config.StepConfig`, the VGG model's settings and each layer's convolution
+  algorithm;
+* the arguments' tree structure and every leaf's shape, dtype and weak type (state, targets, loss
+  weights and the bound VGG variables: their values are arguments, not constants);
+* the environment: the source of every module of this package (a digest of the files, so that
+  any change to the code is a miss), the versions of jax, jaxlib, flax, optax and numpy, the
+  backend and device kind, ``XLA_FLAGS`` and the compile options
+  (:func:`segstyle_jax.engine.compiler_options`).
+
+Steps with an optimizer passed in (no recipe) are never stored. Files are written atomically
+(:mod:`segstyle_jax.atomic`); one that cannot be read or loaded is a miss, compiled again and
+overwritten. CPU only: the steps it stores were measured here; on a GPU JAX's cache alone is used
+(not measured there). It lives in the ``steps`` folder of the compile cache's directory and is on
+whenever that cache is (:func:`directory`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from segstyle_jax import atomic, compile_cache
+
+SUBDIR = "steps"
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
+_lock = threading.Lock()
+_counts = {"loaded": 0, "stored": 0, "unreadable": 0}
+_source_digest: str | None = None
+
+
+def directory() -> Path | None:
+    """Where steps are stored: ``<compile cache>/steps`` when :mod:`segstyle_jax.compile_cache` is
+    enabled and the steps run on the CPU, else ``None`` (the store is off)."""
+    cache = compile_cache.enabled_dir()
+    if cache is None or jax.default_backend() != "cpu":
+        return None
+    return cache / SUBDIR
+
+
+def source_digest() -> str:
+    """SHA-256 of this package's Python sources (every ``*.py`` file, by name and content): any
+    change to the code makes every stored step a miss. Computed once per process."""
+    global _source_digest
+    if _source_digest is None:
+        h = hashlib.sha256()
+        for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        _source_digest = h.hexdigest()
+    return _source_digest
+
+
+def _versions() -> tuple:
+    out = []
+    for name in _VERSIONED:
+        try:
+            out.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def _leaf(x) -> tuple:
+    dtype = getattr(x, "dtype", None)
+    return tuple(np.shape(x)), str(np.dtype(np.result_type(x) if dtype is None else dtype)), \
+        bool(getattr(x, "weak_type", False))
+
+
+def _signature(args) -> tuple:
+    """The arguments' tree structure and each leaf's ``(shape, dtype, weak_type)``."""
+    leaves, tree = jax.tree.flatten(args)
+    return str(tree), tuple(_leaf(x) for x in leaves)
+
+
+def step_key(program_key, args, compile_options: dict) -> str:
+    """The store's key (hex SHA-256) of the step made by ``program_key`` for ``args`` (every
+    argument of the program, bound ones included) and ``compile_options``: module docstring."""
+    device = jax.devices()[0]
+    parts = (program_key, _signature(args), source_digest(), _versions(), jax.config.read("jax_enable_x64"),
+             device.platform,
+             getattr(device, "device_kind", ""), os.environ.get("XLA_FLAGS", ""), sorted(compile_options.items()))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def load(key: str):
+    """The compiled step stored under ``key`` (a ``jax.stages.Compiled``), or ``None``: store off,
+    no such file, or one that cannot be read or loaded (a warning; it is compiled again)."""
+    folder = directory()
+    if folder is None:
+        return None
+    path = folder / f"{key}.step"
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        warnings.warn(f"cannot read the stored step {path}: {e}; compiling it again", stacklevel=2)
+        return None
+    try:
+        from jax.experimental import serialize_executable
+
+        payload, in_tree, out_tree = pickle.loads(blob)
+        compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+    except Exception as e:  # a file cut short or from an incompatible build
+        with _lock:
+            _counts["unreadable"] += 1
+        warnings.warn(f"cannot load the stored step {path} ({type(e).__name__}: {e}); compiling it again",
+                      stacklevel=2)
+        return None
+    with _lock:
+        _counts["loaded"] += 1
+    return compiled
+
+
+def store(key: str, compiled) -> bool:
+    """Write ``compiled`` (a ``jax.stages.Compiled``) under ``key``, atomically; ``True`` if it was
+    written (``False``: store off, or the executable or the folder refused: nothing half-written)."""
+    folder = directory()
+    if folder is None:
+        return False
+    try:
+        from jax.experimental import serialize_executable
+
+        blob = pickle.dumps(serialize_executable.serialize(compiled))
+        with atomic.atomic_write(folder / f"{key}.step") as f:
+            f.write(blob)
+    except Exception as e:  # serialization unsupported, disk full, read-only folder
+        warnings.warn(f"cannot store the compiled step in {folder} ({type(e).__name__}: {e})", stacklevel=2)
+        return False
+    with _lock:
+        _counts["stored"] += 1
+    return True
+
+
+def counts() -> dict:
+    """What the store did in this process: ``loaded``, ``stored`` and ``unreadable`` (files that
+    could not be loaded and were compiled again)."""
+    with _lock:
+        return dict(_counts)
+
+
+def reset_counts() -> None:
+    """Zero :func:`counts` (tests, benchmarks)."""
+    with _lock:
+        _counts.update(loaded=0, stored=0, unreadable=0)
