@@ -16,23 +16,27 @@ The key (:func:`step_key`, a SHA-256) covers everything the program depends on:
 * the arguments' tree structure and every leaf's shape, dtype and weak type (state, targets, loss
   weights and the bound VGG variables: their values are arguments, not constants);
 * the environment: the source of every module of this package (a digest of the files, so that
-  any change to the code is a miss), the versions of jax, jaxlib, flax, optax and numpy, the
-  backend and device kind, ``XLA_FLAGS`` and the compile options
-  (:func:`segstyle_jax.engine.compiler_options`).
+  any change to the code is a miss), the versions of jax, jaxlib, flax, optax and numpy, JAX's
+  ``jax_enable_x64`` and ``jax_default_matmul_precision``, the backend and device kind, the host
+  CPU's model and instruction-set flags (XLA compiles for the features of the CPU it runs on),
+  ``XLA_FLAGS`` and the compile options (:func:`segstyle_jax.engine.compiler_options`).
 
 Steps with an optimizer passed in (no recipe) are never stored. Files are written atomically
 (:mod:`segstyle_jax.atomic`); one that cannot be read or loaded is a miss, compiled again and
 overwritten. CPU only: the steps it stores were measured here; on a GPU JAX's cache alone is used
 (not measured there). It lives in the ``steps`` folder of the compile cache's directory and is on
-whenever that cache is (:func:`directory`).
+whenever that cache is (:func:`directory`). Nothing is evicted, as in XLA's cache (a step that
+changed code no longer finds stays on disk): delete the folder to reclaim the space.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
 import pickle
+import platform
 import threading
 import warnings
 from pathlib import Path
@@ -80,6 +84,19 @@ def _versions() -> tuple:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _host_cpu() -> str:
+    """The CPU's model and instruction-set flags (Linux ``/proc/cpuinfo``; ``platform`` elsewhere):
+    XLA compiles CPU code for the features of the machine it runs on, and a cache folder may be
+    shared between machines."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
 def _leaf(x) -> tuple:
     dtype = getattr(x, "dtype", None)
     return tuple(np.shape(x)), str(np.dtype(np.result_type(x) if dtype is None else dtype)), \
@@ -96,9 +113,9 @@ def step_key(program_key, args, compile_options: dict) -> str:
     """The store's key (hex SHA-256) of the step made by ``program_key`` for ``args`` (every
     argument of the program, bound ones included) and ``compile_options``: module docstring."""
     device = jax.devices()[0]
-    parts = (program_key, _signature(args), source_digest(), _versions(), jax.config.read("jax_enable_x64"),
-             device.platform,
-             getattr(device, "device_kind", ""), os.environ.get("XLA_FLAGS", ""), sorted(compile_options.items()))
+    parts = (program_key, _signature(args), source_digest(), _versions(), bool(jax.config.jax_enable_x64),
+             str(jax.config.jax_default_matmul_precision), device.platform,
+             getattr(device, "device_kind", ""), _host_cpu(), os.environ.get("XLA_FLAGS", ""), sorted(compile_options.items()))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

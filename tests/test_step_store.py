@@ -4,6 +4,7 @@ result; keyed by everything the program is made of; a bad file is compiled again
 import dataclasses
 import warnings
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -91,6 +92,15 @@ def test_the_key_covers_what_the_program_is_made_of(random_weights, store_dir, m
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
     different["XLA_FLAGS"] = key()
     monkeypatch.delenv("XLA_FLAGS")
+    before = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "highest")
+    try:
+        different["matmul precision"] = key()
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
+    with monkeypatch.context() as m:
+        m.setattr(step_store, "_host_cpu", lambda: "another CPU, without AVX-512")
+        different["CPU"] = key()
     monkeypatch.setattr(step_store, "_source_digest", "changed source")
     different["source"] = key()
     assert base not in different.values() and len(set(different.values())) == len(different), different
