@@ -1,7 +1,5 @@
 """The stylize API: input validation before compute, determinism, options; real-weight quality checks."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -72,7 +70,8 @@ def test_bad_input_is_rejected_before_compute(tiny_scene, random_weights, change
         api.stylize(tiny_scene["content"], segments, styles, weights=random_weights, **kw)
 
 
-def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, random_weights, monkeypatch, step_cache_off):
+def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, random_weights, monkeypatch, step_cache_off,
+                                                                  tmp_path):
     used = []
     make_update_fn = engine.make_update_fn
 
@@ -93,7 +92,7 @@ def test_convolution_algorithms_agree_and_auto_skips_short_stages(tiny_scene, ra
     monkeypatch.setattr(compile_cache, "enabled_dir", lambda: None)
     run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
     assert used[-1] == "direct"
-    monkeypatch.setattr(compile_cache, "enabled_dir", lambda: Path("cache"))
+    monkeypatch.setattr(compile_cache, "enabled_dir", lambda: tmp_path / "cache")  # (the step store writes there)
     run(tiny_scene, random_weights, conv="auto", compute_metrics=False)
     assert used[-1] == "auto"
     monkeypatch.setattr(compile_cache, "enabled_dir", lambda: None)

@@ -62,12 +62,12 @@ def g(x, w):  # a temp buffer above 64 MB: a = [4096, 4096] float32 is kept for 
 f = jax.jit(g)
 x, w = jnp.ones((4096, 4096), jnp.float32), jnp.ones((4096, 64), jnp.float32)
 temp_mb = f.lower(x, w).compile().memory_analysis().temp_size_in_bytes / 2 ** 20
-for _ in range(2):
+faults = []
+for _ in range(9):  # the heap settles within the first 1-3 calls (kept: later calls fault nothing)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    f(x, w).block_until_ready()
-print(applied, temp_mb, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, temp_mb, sorted(faults[4:])[2])  # the median of calls 5-9
 """
 
 
@@ -84,7 +84,7 @@ def test_a_large_temp_buffer_is_kept_between_calls_only_when_asked():
     assert runs["keep"][1] > 96                     # more than a thread's arena holds
     assert runs["default"][2] > pages / 2           # faulted in again at every call
     assert runs["mallopt-only"][2] > pages / 2      # a worker thread's arena cannot keep it
-    assert runs["keep"][2] < pages / 10             # kept: few faults (measured 0-872 of 33024 pages)
+    assert runs["keep"][2] < pages / 10             # kept: few faults (measured 0-9 of 33024 pages)
 
 
 PRELUDE = """
