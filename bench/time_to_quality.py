@@ -45,7 +45,8 @@ compilation included (``jax.clear_caches()`` before each candidate, the referenc
 no run reuses another's compiled programs). ``plain`` is the reference itself: the time at
 which its trace first reached the target. That is a first run at these sizes; a ``segstyle`` user
 who has run them before loads the compiled steps from the persistent cache
-(:mod:`segstyle_jax.compile_cache`): ``--compile-cache DIR`` runs the bench with it, and a second
+(:mod:`segstyle_jax.compile_cache`, and on the CPU the update steps from :mod:`segstyle_jax.step_store`,
+untraced): ``--compile-cache DIR`` runs the bench with it, and a second
 invocation with the same ``DIR`` measures every candidate warm (within the first, later candidates
 already load the programs earlier ones stored).
 

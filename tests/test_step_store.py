@@ -113,7 +113,7 @@ def test_an_unreadable_file_is_compiled_again_and_replaced(random_weights, store
     engine.compile_update(update, init(content), targets, weights, config)
     (path,) = store_dir.glob("*.step")
     good = path.read_bytes()
-    path.write_bytes(good[: len(good) // 3])  # cut short, as by a full disk in an older writer
+    path.write_bytes(good[: len(good) // 3])  # cut short: a damaged file
 
     init2, update2 = engine.make_update_fn(config, model, params=random_weights.params)
     with pytest.warns(UserWarning, match="cannot load the stored step"):
