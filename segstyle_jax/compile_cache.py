@@ -22,6 +22,7 @@ process) is read as a miss, with a warning, and compiled again.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -74,11 +75,13 @@ def enable(path: str | os.PathLike | None = None) -> Path:
 
 _counts = {"loaded": 0, "stored": 0, "seconds_saved": 0.0}
 _listening = False
+_this_thread = threading.local()  # .loaded: programs this thread loaded (JAX calls listeners in the compiling thread)
 
 
 def _on_event(event: str, **_) -> None:
     if event == "/jax/compilation_cache/cache_hits":
         _counts["loaded"] += 1
+        _this_thread.loaded = getattr(_this_thread, "loaded", 0) + 1
     elif event == "/jax/compilation_cache/cache_misses":  # JAX records it as it writes the new entry
         _counts["stored"] += 1
 
@@ -93,6 +96,18 @@ def counts() -> dict:
     of compiled), ``stored`` (compiled and written) and ``seconds_saved`` (their compile time when
     stored, less the time to read them)."""
     return dict(_counts)
+
+
+def observes_loads() -> bool:
+    """Whether this process counts what XLA's cache loads (:func:`enable` was called): without it a
+    cache set up through JAX's own configuration loads programs unseen."""
+    return _listening
+
+
+def loaded_in_this_thread() -> int:
+    """How many programs this thread has loaded from the cache since :func:`enable` (a compile that
+    raised it was a cache hit: :mod:`segstyle_jax.step_store` does not store such an executable)."""
+    return getattr(_this_thread, "loaded", 0)
 
 
 def summary() -> str:

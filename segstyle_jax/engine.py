@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segstyle_jax import losses, masks as masks_lib, step_store
+from segstyle_jax import compile_cache, losses, masks as masks_lib, step_store
 from segstyle_jax.config import LossWeights, StepConfig
 from segstyle_jax.device_variables import device_variables
 from segstyle_jax.vgg import VGG, conv_algorithms, layer_names
@@ -459,7 +459,8 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
 
     With :mod:`segstyle_jax.step_store` on (the compile cache enabled, CPU) a step compiled before
     with the same recipe and argument shapes is loaded from it without tracing, and a step compiled
-    here is stored (``update.program_key`` set: :func:`make_update_fn`)."""
+    here is stored (``update.program_key`` set: :func:`make_update_fn`), unless XLA's cache supplied
+    it (:mod:`segstyle_jax.step_store`)."""
     t0 = time.perf_counter()
     key = loaded = None
     if getattr(update, "program_key", None) is not None and step_store.directory() is not None:
@@ -468,8 +469,11 @@ def compile_update(update, state: State, targets: Targets, weights: LossWeights,
     if loaded is not None:
         compiled = BoundStep(loaded, update.bound, update.program_key)
     else:
+        loaded_before = compile_cache.loaded_in_this_thread()
         compiled = compile_lowered(update.lower(state, targets, weights))
-        if key is not None:
+        # only an executable compiled here: one XLA's cache loaded serializes without all of its
+        # functions (jax 0.10.2, CPU: "Function ... not found" when the stored copy first runs)
+        if key is not None and compile_cache.loaded_in_this_thread() == loaded_before:
             step_store.store(key, compiled._target)
     seconds = time.perf_counter() - t0
     analysis = compiled.memory_analysis()

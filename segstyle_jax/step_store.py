@@ -21,7 +21,12 @@ The key (:func:`step_key`, a SHA-256) covers everything the program depends on:
   CPU's model and instruction-set flags (XLA compiles for the features of the CPU it runs on),
   ``XLA_FLAGS`` and the compile options (:func:`segstyle_jax.engine.compiler_options`).
 
-Steps with an optimizer passed in (no recipe) are never stored. Files are written atomically
+Only a step compiled in this process is stored: an executable XLA's cache loaded serializes
+without all of its functions (jax 0.10.2 on the CPU: the stored copy failed on its first run with
+``NOT_FOUND: Function subtract_multiply_fusion.1 not found``), so a step already in XLA's cache is
+stored the next time it is compiled, e.g. when a new jax or jaxlib misses that cache; until then it
+is traced and loaded from XLA's cache as before. Steps with an optimizer passed in (no recipe) are
+never stored. Files are written atomically
 (:mod:`segstyle_jax.atomic`); one that cannot be read or loaded is a miss, compiled again and
 overwritten. CPU only: the steps it stores were measured here; on a GPU JAX's cache alone is used
 (not measured there). It lives in the ``steps`` folder of the compile cache's directory and is on
@@ -55,9 +60,10 @@ _source_digest: str | None = None
 
 def directory() -> Path | None:
     """Where steps are stored: ``<compile cache>/steps`` when :mod:`segstyle_jax.compile_cache` is
-    enabled and the steps run on the CPU, else ``None`` (the store is off)."""
+    enabled (by its :func:`~segstyle_jax.compile_cache.enable`, which watches what XLA's cache
+    loads) and the steps run on the CPU, else ``None`` (the store is off)."""
     cache = compile_cache.enabled_dir()
-    if cache is None or jax.default_backend() != "cpu":
+    if cache is None or not compile_cache.observes_loads() or jax.default_backend() != "cpu":
         return None
     return cache / SUBDIR
 

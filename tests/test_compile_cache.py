@@ -102,6 +102,14 @@ def test_second_run_loads_the_compiled_step(tmp_path, tiny_scene, random_weights
     assert sorted(p.name for p in cache.iterdir()) == entries
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
 
+    # with the store emptied, XLA's cache supplies the step: not stored (it would not serialize whole)
+    for p in (cache / "steps").iterdir():
+        p.unlink()
+    third = _run_cli(args(tmp_path / "c.png", str(cache)), env)
+    assert third.returncode == 0, third.stderr
+    assert "update steps" not in third.stderr and not list((cache / "steps").iterdir())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "c.png")))
+
 
 def test_off_runs_without_a_cache(tmp_path, tiny_scene, random_weights_file, capsys):
     from segstyle_jax.cli import main

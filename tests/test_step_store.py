@@ -138,7 +138,22 @@ def test_a_step_with_an_optimizer_passed_in_is_not_stored(random_weights, store_
 
 
 def test_the_store_follows_the_compile_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(compile_cache, "observes_loads", lambda: True)
     monkeypatch.setattr(compile_cache, "enabled_dir", lambda: None)
     assert step_store.directory() is None
     monkeypatch.setattr(compile_cache, "enabled_dir", lambda: tmp_path)
     assert step_store.directory() == tmp_path / step_store.SUBDIR  # this suite runs on the CPU
+    # a cache set up through JAX's configuration alone: its loads go unseen, so nothing is stored
+    monkeypatch.setattr(compile_cache, "observes_loads", lambda: False)
+    assert step_store.directory() is None
+
+
+def test_a_step_that_xla_s_cache_supplied_is_not_stored(random_weights, store_dir, monkeypatch):
+    """An executable loaded from XLA's cache serializes incompletely (step_store docstring): a compile
+    during which this thread loaded a program stores nothing."""
+    config, targets, weights, content = problem(random_weights)
+    init, update = engine.make_update_fn(config, random_weights.model(config.taps), params=random_weights.params)
+    loads = iter([4, 5])  # before and after the compile: one program loaded in between
+    monkeypatch.setattr(compile_cache, "loaded_in_this_thread", lambda: next(loads))
+    engine.compile_update(update, init(content), targets, weights, config)
+    assert not store_dir.exists() and step_store.counts()["stored"] == 0
