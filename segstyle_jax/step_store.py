@@ -183,6 +183,6 @@ def counts() -> dict:
 
 
 def reset_counts() -> None:
-    """Zero :func:`counts` (tests, benchmarks)."""
+    """Zero :func:`counts` (for tests)."""
     with _lock:
         _counts.update(loaded=0, stored=0, unreadable=0)
