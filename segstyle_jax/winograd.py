@@ -64,17 +64,21 @@ def conv3x3_direct(x, w):
 
 def kernel_transform(w, tile: int = 4):
     """``U = G w G^T`` per channel pair: ``[3, 3, c_in, c_out] -> [a^2, c_in, c_out]`` (``a = tile + 2``,
-    tile position ``a * r + s`` first). NumPy in (computed in float64), NumPy float32 out, for
+    tile position ``a * r + s`` first). NumPy in, NumPy float32 out (computed in float32), for
     weights known when tracing; else jax, in ``w``'s dtype.
 
     Written as two matrix products (rows, then columns): NumPy's 3-operand einsum loops naively
     (23 ms against 4 ms for a 512x512 layer, which added up to a third of a second of every Winograd
-    step's tracing)."""
+    step's tracing). Computed in float64 before, the transforms of a 64 px step's plan took 0.8-3 s
+    of its setup on the 2-core benchmark CPU, most of it touching the fresh memory of the float64
+    temporaries (the first touch of memory is slow there); in float32 0.1-0.3 s, with a rounding
+    difference of about 1e-7 relative, far below what Winograd itself rounds (``tests/test_winograd.py``)."""
     g = TRANSFORMS[tile][1]
     a, c_in, c_out = g.shape[0], w.shape[2], w.shape[3]
     if isinstance(w, np.ndarray):
-        rows = (g @ w.astype(np.float64).reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)
-        return np.matmul(g, rows).reshape(a * a, c_in, c_out).astype(np.float32)
+        g = g.astype(np.float32)
+        rows = (g @ w.astype(np.float32, copy=False).reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)
+        return np.matmul(g, rows).reshape(a * a, c_in, c_out)
     g = jnp.asarray(g, w.dtype)
     rows = (g @ w.reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)   # G w: [r, b, i o]
     return jnp.matmul(g, rows).reshape(a * a, c_in, c_out)                     # (G w) G^T: [r, s, i o]
@@ -237,10 +241,16 @@ MAX_WINOGRAD_PIXELS = 256 * 256
 # 512x512). Below that, the direct convolution finishes first (:func:`worth_compiling`).
 MIN_STEP_PIXELS = 2 ** 21
 # With XLA's persistent compile cache on (:mod:`segstyle_jax.compile_cache`) the extra compile is
-# paid once per shape and every later run loads the program: then a stage pays off from far fewer
-# steps (measured warm, locality K = 2, lbfgs-fixed: 35 -> 31 ms a step at 64x64, 105 -> 84 ms at
-# 128x128). 2^18 steps x pixels: 64 steps at 64x64, 16 at 128x128; one-off passes stay direct.
-MIN_STEP_PIXELS_CACHED = 2 ** 18
+# paid once per shape and every later run loads the program (and the step store loads the step
+# without tracing): then a stage pays off from far fewer steps. What remains is the host-side
+# setup, mostly the Winograd kernel transforms (:func:`prepared_kernels`) and their fresh memory.
+# Measured warm on the 2-core benchmark CPU (locality K = 2, lbfgs-fixed/20, one stage of 100 steps,
+# fresh processes): at 64x64 the first step came 1.9-2.7 s after the call with 'auto' against
+# 1.0-1.2 s direct, and a step took 41-45 ms against 47-54 ms (break-even near 200 steps); at 128x128
+# 2.6 s against 1.3 s and 95-98 ms against 123 ms (break-even near 45 steps). Both are about 0.75
+# million steps x pixels: 3 x 2^18 (192 steps at 64x64, 48 at 128x128, 12 at 256x256); one-off
+# passes stay direct. (It was 2^18, calibrated on step times alone, before the step store.)
+MIN_STEP_PIXELS_CACHED = 3 * 2 ** 18
 
 
 def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: int, platform: str) -> str:
