@@ -64,21 +64,17 @@ def conv3x3_direct(x, w):
 
 def kernel_transform(w, tile: int = 4):
     """``U = G w G^T`` per channel pair: ``[3, 3, c_in, c_out] -> [a^2, c_in, c_out]`` (``a = tile + 2``,
-    tile position ``a * r + s`` first). NumPy in, NumPy float32 out (computed in float32), for
+    tile position ``a * r + s`` first). NumPy in (computed in float64), NumPy float32 out, for
     weights known when tracing; else jax, in ``w``'s dtype.
 
     Written as two matrix products (rows, then columns): NumPy's 3-operand einsum loops naively
     (23 ms against 4 ms for a 512x512 layer, which added up to a third of a second of every Winograd
-    step's tracing). Computed in float64 before, the transforms of a 64 px step's plan took 0.8-3 s
-    of its setup on the 2-core benchmark CPU, most of it touching the fresh memory of the float64
-    temporaries (the first touch of memory is slow there); in float32 0.1-0.3 s, with a rounding
-    difference of about 1e-7 relative, far below what Winograd itself rounds (``tests/test_winograd.py``)."""
+    step's tracing)."""
     g = TRANSFORMS[tile][1]
     a, c_in, c_out = g.shape[0], w.shape[2], w.shape[3]
     if isinstance(w, np.ndarray):
-        g = g.astype(np.float32)
-        rows = (g @ w.astype(np.float32, copy=False).reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)
-        return np.matmul(g, rows).reshape(a * a, c_in, c_out)
+        rows = (g @ w.astype(np.float64).reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)
+        return np.matmul(g, rows).reshape(a * a, c_in, c_out).astype(np.float32)
     g = jnp.asarray(g, w.dtype)
     rows = (g @ w.reshape(3, 3 * c_in * c_out)).reshape(a, 3, c_in * c_out)   # G w: [r, b, i o]
     return jnp.matmul(g, rows).reshape(a * a, c_in, c_out)                     # (G w) G^T: [r, s, i o]
