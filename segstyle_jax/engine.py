@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segstyle_jax import compile_cache, losses, masks as masks_lib, step_store
+from segstyle_jax import compile_cache, lbfgs, losses, masks as masks_lib, step_store
 from segstyle_jax.config import LossWeights, StepConfig
 from segstyle_jax.device_variables import device_variables
 from segstyle_jax.vgg import VGG, conv_algorithms, layer_names
@@ -272,13 +272,13 @@ def multipass_loss(config: StepConfig, model: VGG, images, params, targets: Targ
 
 
 def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
-    """``optax.adam(learning_rate)``, ``optax.lbfgs`` (zoom line search) or ``optax.lbfgs`` with a
-    fixed unit step (``lbfgs-fixed``: no line search, one loss evaluation per step) from the config."""
+    """``optax.adam(learning_rate)``, L-BFGS with optax's zoom line search, or L-BFGS with a fixed
+    unit step (``lbfgs-fixed``: no line search, one loss evaluation per step) from the config. Both
+    L-BFGS are ``optax.lbfgs``'s with the direction computed by :mod:`segstyle_jax.lbfgs` (the same
+    direction, in fewer passes over the memory)."""
     if config.optimizer == "adam":
         return optax.adam(config.learning_rate)
-    if config.optimizer == "lbfgs-fixed":
-        return optax.lbfgs(learning_rate=1.0, memory_size=config.lbfgs_memory, linesearch=None)
-    return optax.lbfgs(memory_size=config.lbfgs_memory)
+    return lbfgs.lbfgs(config.lbfgs_memory, linesearch=config.optimizer == "lbfgs")
 
 
 class BoundStep:
