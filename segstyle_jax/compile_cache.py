@@ -116,6 +116,8 @@ def summary() -> str:
 
     c, s = counts(), step_store.counts()
     steps = f"; update steps: {s['loaded']} loaded without tracing, {s['stored']} stored" if s["loaded"] or s["stored"] else ""
+    if s["refused"]:
+        steps += f"{'; update steps: ' if not steps else ', '}{s['refused']} not stored (custom calls)"
     return (f"compile cache {enabled_dir()}: {c['loaded']} program{'s' if c['loaded'] != 1 else ''} loaded ({c['seconds_saved']:.1f} s of compiling "
             f"saved), {c['stored']} compiled and stored{steps}")
 

@@ -38,7 +38,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.scipy.linalg import solve_triangular
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -59,6 +58,24 @@ class CompactLBFGSState(NamedTuple):
 
 def _dot(a, b):
     return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _solve_upper(r, c, transpose: bool = False):
+    """``x`` with ``r x = c`` (``transpose``: ``r^T x = c``) for an upper triangular ``r`` ``[m, m]``
+    with a nonzero diagonal, by substitution in a ``fori_loop`` (``m`` steps of ``m`` products).
+
+    Not ``jax.scipy.linalg.solve_triangular``: on the CPU that is a call into LAPACK
+    (``lapack_strsm_ffi``) whose function pointer jaxlib sets only when it lowers such an operation,
+    so a step loaded from the step store (:mod:`segstyle_jax.step_store`) into a process that had
+    lowered none crashed with a segmentation fault on its first run."""
+    m = r.shape[0]
+
+    def body(k, x):
+        i = k if transpose else m - 1 - k
+        row = r[:, i] if transpose else r[i]  # x's entries not solved yet are still 0
+        return x.at[i].set((c[i] - jnp.dot(row, x, precision=_HIGHEST)) / r[i, i])
+
+    return jax.lax.fori_loop(0, m, body, jnp.zeros_like(c))
 
 
 def scale_by_lbfgs_compact(memory_size: int = 10) -> optax.GradientTransformation:
@@ -109,8 +126,8 @@ def scale_by_lbfgs_compact(memory_size: int = 10) -> optax.GradientTransformatio
         yy_new = jnp.vdot(y, y)
         gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / jnp.sqrt(jnp.vdot(g, g))),
                           jnp.where(yy_new > 0.0, jnp.vdot(s, y) / yy_new, 1.0)).astype(g.dtype)
-        r = solve_triangular(r_mat, a, lower=False)
-        p = solve_triangular(r_mat, diag * r + gamma * _dot(yy, r) - gamma * b, lower=False, trans=1)
+        r = _solve_upper(r_mat, a)
+        p = _solve_upper(r_mat, diag * r + gamma * _dot(yy, r) - gamma * b, transpose=True)
         coef = jnp.zeros((2 * m,), g.dtype).at[order].set(p).at[m + order].set(-gamma * r)
         # the second pass: gamma g + S p - gamma Y r
         direction = gamma * g + _dot(coef, memory)

@@ -26,7 +26,8 @@ without all of its functions (jax 0.10.2 on the CPU: the stored copy failed on i
 ``NOT_FOUND: Function subtract_multiply_fusion.1 not found``), so a step already in XLA's cache is
 stored the next time it is compiled, e.g. when a new jax or jaxlib misses that cache; until then it
 is traced and loaded from XLA's cache as before. Steps with an optimizer passed in (no recipe) are
-never stored. Files are written atomically
+never stored, nor steps whose program makes custom calls (:func:`calls_out`: a stored one crashed
+a fresh process). Files are written atomically
 (:mod:`segstyle_jax.atomic`); one that cannot be read or loaded is a miss, compiled again and
 overwritten. CPU only: the steps it stores were measured here; on a GPU JAX's cache alone is used
 (not measured there). It lives in the ``steps`` folder of the compile cache's directory and is on
@@ -54,7 +55,7 @@ from segstyle_jax import atomic, compile_cache
 SUBDIR = "steps"
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
 _lock = threading.Lock()
-_counts = {"loaded": 0, "stored": 0, "unreadable": 0}
+_counts = {"loaded": 0, "stored": 0, "unreadable": 0, "refused": 0}
 _source_digest: str | None = None
 
 
@@ -155,11 +156,28 @@ def load(key: str):
     return compiled
 
 
+def calls_out(compiled) -> bool:
+    """Whether ``compiled``'s program makes a custom call (``custom_call_target`` in its HLO): a
+    function outside XLA's code that the process registers, e.g. jaxlib's LAPACK kernels, whose
+    pointers are set only when such an operation is lowered. Loaded into a fresh process, a stored
+    step with one crashed (a segmentation fault, jax 0.10.2 on the CPU, ``lapack_strsm_ffi``), so
+    such steps are not stored."""
+    try:
+        return "custom_call_target=" in compiled.as_text()
+    except Exception:  # no text: assume the worst
+        return True
+
+
 def store(key: str, compiled) -> bool:
     """Write ``compiled`` (a ``jax.stages.Compiled``) under ``key``, atomically; ``True`` if it was
-    written (``False``: store off, or the executable or the folder refused: nothing half-written)."""
+    written (``False``: store off, a program that makes custom calls (:func:`calls_out`), or the
+    executable or the folder refused: nothing half-written)."""
     folder = directory()
     if folder is None:
+        return False
+    if calls_out(compiled):
+        with _lock:
+            _counts["refused"] += 1
         return False
     try:
         from jax.experimental import serialize_executable
@@ -176,8 +194,9 @@ def store(key: str, compiled) -> bool:
 
 
 def counts() -> dict:
-    """What the store did in this process: ``loaded``, ``stored`` and ``unreadable`` (files that
-    could not be loaded and were compiled again)."""
+    """What the store did in this process: ``loaded``, ``stored``, ``unreadable`` (files that
+    could not be loaded and were compiled again) and ``refused`` (steps not stored because they make
+    custom calls: :func:`calls_out`)."""
     with _lock:
         return dict(_counts)
 
@@ -185,4 +204,4 @@ def counts() -> dict:
 def reset_counts() -> None:
     """Zero :func:`counts` (for tests)."""
     with _lock:
-        _counts.update(loaded=0, stored=0, unreadable=0)
+        _counts.update(loaded=0, stored=0, unreadable=0, refused=0)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from segstyle_jax import lbfgs
+from segstyle_jax import lbfgs, step_store
 
 
 def _objective(shape, seed=0):
@@ -111,3 +111,12 @@ def test_bad_arguments():
         lbfgs.scale_by_lbfgs_compact(0)
     with pytest.raises(TypeError, match="one array"):
         lbfgs.scale_by_lbfgs_compact(2).init({"a": jnp.zeros(3)})
+
+
+def test_update_makes_no_custom_call():
+    """No LAPACK call in the compiled update (a stored step with one crashed a fresh process:
+    ``step_store.calls_out``), so the steps that use it can be stored."""
+    x = jnp.zeros((4, 4, 3))
+    opt = lbfgs.scale_by_lbfgs_compact(3)
+    compiled = jax.jit(opt.update).lower(x, opt.init(x), x).compile()
+    assert not step_store.calls_out(compiled)

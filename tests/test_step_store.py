@@ -60,7 +60,7 @@ def test_a_stored_step_loads_without_tracing_and_computes_the_same(random_weight
     init2, update2 = engine.make_update_fn(config, model, params=random_weights.params)
     monkeypatch.setattr(engine.BoundStep, "lower", lambda *a, **k: pytest.fail("a stored step was traced"))
     loaded, _, need2 = engine.compile_update(update2, init2(content), targets, weights, config)
-    assert step_store.counts() == {"loaded": 1, "stored": 1, "unreadable": 0}
+    assert step_store.counts() == {"loaded": 1, "stored": 1, "unreadable": 0, "refused": 0}
     assert need2 == need  # XLA's memory estimate comes with the loaded executable
     again = run(loaded, init2, content, targets, weights)
     assert again[0] == fresh[0] and np.array_equal(again[1], fresh[1])
@@ -118,7 +118,7 @@ def test_an_unreadable_file_is_compiled_again_and_replaced(random_weights, store
     init2, update2 = engine.make_update_fn(config, model, params=random_weights.params)
     with pytest.warns(UserWarning, match="cannot load the stored step"):
         compiled, _, _ = engine.compile_update(update2, init2(content), targets, weights, config)
-    assert step_store.counts() == {"loaded": 0, "stored": 2, "unreadable": 1}
+    assert step_store.counts() == {"loaded": 0, "stored": 2, "unreadable": 1, "refused": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the file written again loads cleanly
         init3, update3 = engine.make_update_fn(config, model, params=random_weights.params)
@@ -157,3 +157,16 @@ def test_a_step_that_xla_s_cache_supplied_is_not_stored(random_weights, store_di
     monkeypatch.setattr(compile_cache, "loaded_in_this_thread", lambda: next(loads))
     engine.compile_update(update, init(content), targets, weights, config)
     assert not store_dir.exists() and step_store.counts()["stored"] == 0
+
+
+def test_a_program_with_custom_calls_is_not_stored(store_dir):
+    """A custom call (here jaxlib's LAPACK triangular solve) points into the process: a stored copy
+    crashed a fresh process that loaded it (segmentation fault). Such programs are refused; others
+    are stored."""
+    r, c = np.eye(4, dtype=np.float32) + np.triu(np.ones((4, 4), np.float32)), np.ones(4, np.float32)
+    solve = jax.jit(lambda r, c: jax.scipy.linalg.solve_triangular(r, c, lower=False)).lower(r, c).compile()
+    plain = jax.jit(lambda r, c: r @ c).lower(r, c).compile()
+    assert step_store.calls_out(solve) and not step_store.calls_out(plain)
+    assert not step_store.store("a" * 64, solve) and not list(store_dir.glob("*.step"))
+    assert step_store.counts()["refused"] == 1
+    assert step_store.store("b" * 64, plain) and [p.stem for p in store_dir.glob("*.step")] == ["b" * 64]
