@@ -237,16 +237,16 @@ MAX_WINOGRAD_PIXELS = 256 * 256
 # 512x512). Below that, the direct convolution finishes first (:func:`worth_compiling`).
 MIN_STEP_PIXELS = 2 ** 21
 # With XLA's persistent compile cache on (:mod:`segstyle_jax.compile_cache`) the extra compile is
-# paid once per shape and every later run loads the program (and the step store loads the step
-# without tracing): then a stage pays off from far fewer steps. What remains is the host-side
-# setup, mostly the Winograd kernel transforms (:func:`prepared_kernels`) and their fresh memory.
-# Measured warm on the 2-core benchmark CPU (locality K = 2, lbfgs-fixed/20, one stage of 100 steps,
-# fresh processes): at 64x64 the first step came 1.9-2.7 s after the call with 'auto' against
-# 1.0-1.2 s direct, and a step took 41-45 ms against 47-54 ms (break-even near 200 steps); at 128x128
-# 2.6 s against 1.3 s and 95-98 ms against 123 ms (break-even near 45 steps). Both are about 0.75
-# million steps x pixels: 3 x 2^18 (192 steps at 64x64, 48 at 128x128, 12 at 256x256); one-off
-# passes stay direct. (It was 2^18, calibrated on step times alone, before the step store.)
-MIN_STEP_PIXELS_CACHED = 3 * 2 ** 18
+# paid once per shape and every later run loads the program: then a stage pays off from far fewer
+# steps (measured warm, locality K = 2, lbfgs-fixed: 35 -> 31 ms a step at 64x64, 105 -> 84 ms at
+# 128x128). 2^18 steps x pixels: 64 steps at 64x64, 16 at 128x128; one-off passes stay direct.
+# A stage alone pays its kernel transforms (:func:`prepared_kernels`) in its setup too (a 100-step
+# stage, warm: first step 1.9-2.7 s after the call at 64x64 with 'auto' against 1.0-1.2 s direct,
+# 2.6 against 1.3 s at 128x128), which would put the break-even near 3 x 2^18; but in a
+# coarse-to-fine run the later scales reuse the deep layers' F(2x2) transforms, and with 3 x 2^18
+# the 64 px stage of the time-to-quality schedule ended later (8.55 s after the call against 8.0):
+# the transforms were then computed beside its slower direct steps. Kept at 2^18 (speed notes).
+MIN_STEP_PIXELS_CACHED = 2 ** 18
 
 
 def layer_algorithm(algorithm: str, height: int, width: int, c_in: int, c_out: int, platform: str) -> str:

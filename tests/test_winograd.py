@@ -107,9 +107,9 @@ def test_auto_rule():
     assert winograd.worth_compiling(128, 128, 128, "cpu") and not winograd.worth_compiling(127, 128, 128, "cpu")
     assert not winograd.worth_compiling(10_000, 256, 256, "gpu")
     # with the persistent compile cache the extra compile is paid once: fewer steps repay it
-    assert winograd.worth_compiling(48, 128, 128, "cpu", cached=True)
-    assert not winograd.worth_compiling(47, 128, 128, "cpu", cached=True)
-    assert not winograd.worth_compiling(48, 128, 128, "cpu") and not winograd.worth_compiling(1, 256, 256, "cpu", cached=True)
+    assert winograd.worth_compiling(16, 128, 128, "cpu", cached=True)
+    assert not winograd.worth_compiling(15, 128, 128, "cpu", cached=True)
+    assert not winograd.worth_compiling(16, 128, 128, "cpu") and not winograd.worth_compiling(1, 256, 256, "cpu", cached=True)
 
     def ops(c_in, side=16):
         x, w = random_case((1, side, side, c_in), 4)
