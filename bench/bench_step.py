@@ -82,7 +82,10 @@ glibc's malloc as it is. ``keep`` also turns JAX's asynchronous CPU dispatch off
 runs on the calling thread and its temp buffer comes from the main heap (``host_memory``'s
 docstring: steps whose buffer is above 64 MB 5-10% faster, the others alike). ``malloc_keeps_freed_memory`` and
 ``jax_cpu_async_dispatch`` in every row say which (rows saved before have ``malloc_one_arena``: one
-heap for all threads, the setting for large steps then). Every row runs in a fresh child process of
+heap for all threads, the setting for large steps then). As in ``stylize()``, a step that needs more
+than a quarter of the available memory (XLA's estimate) gives its large blocks back when freed
+(``host_memory.before_step``; ``malloc_keeps_large_blocks`` in the row): with both frameworks in
+one process, keeping them made a 2048² row run out of memory. Every row runs in a fresh child process of
 its own, as a ``segstyle`` run does (the parent measures the peak once and prints the table in its
 order): a JAX step measured 10-20% slower when other rows had run before it in the same process
 (:func:`process_groups`). ``--one-process`` runs them all in one.
@@ -426,6 +429,18 @@ def _memory(compiled) -> dict:
             "jax_xla_out_mb": getattr(m, "output_size_in_bytes", 0) / 2 ** 20}
 
 
+def _need_bytes(compiled) -> int | None:
+    """XLA's estimate of the step's memory, as :func:`segstyle_jax.engine.compile_update` computes it
+    (temporaries, arguments and outputs, less what outputs alias), or ``None``."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+
+
 def set_flop_rates(row: dict) -> dict:
     """Fill ``row``'s FLOP rates (``jax_gflops``, ``torch_gflops`` and their ``*_pct_peak``) from its
     ``gflop_per_step``, medians and ``peak_gflops``; return ``row``.
@@ -500,6 +515,10 @@ def run_config(size, k, approach, optimizer, conv, pooling, args, weights, jpara
         row["gflop_per_step"] = _cost(direct_update.lower(state, tg, lw).compile()).get("flops", float("nan")) / 1e9
     row["gbytes_accessed_per_step"] = cost.get("bytes accessed", float("nan")) / 1e9
     row.update(_memory(compiled))
+    # as stylize() does: with keep_freed_memory, keep the large blocks freed between steps only when
+    # the step needs at most a quarter of the available memory (host_memory.before_step); otherwise
+    # both frameworks' blocks stay in this one process (2048²: killed by the OOM killer at 23.3 GiB)
+    row["malloc_keeps_large_blocks"] = host_memory.before_step(_need_bytes(compiled), engine.available_memory_bytes())
 
     # -- PyTorch: targets
     t0 = time.perf_counter()
@@ -692,13 +711,15 @@ def breakdown(cfg, model, params, tg, lw, ref, x0, reps: int) -> dict:
 
 def malloc_mode(row) -> str:
     """A row's malloc setting in a few words: ``glibc`` (its defaults), ``kept, sync`` (keep_freed_memory:
-    freed memory kept, JAX's CPU dispatch synchronous) or, in rows saved before that, ``one heap`` or
+    freed memory kept, JAX's CPU dispatch synchronous; ``, large blocks given back`` for a step too
+    large to keep them, ``host_memory.before_step``) or, in rows saved before that, ``one heap`` or
     ``arenas`` (kept, asynchronous dispatch, one heap for all threads or per-thread arenas)."""
     if not row.get("malloc_keeps_freed_memory"):
         return "glibc"
     if "malloc_one_arena" in row:
         return "one heap" if row["malloc_one_arena"] else "arenas"
-    return "kept, sync" if row.get("jax_cpu_async_dispatch") is False else "kept"
+    mode = "kept, sync" if row.get("jax_cpu_async_dispatch") is False else "kept"
+    return mode + (", large blocks given back" if row.get("malloc_keeps_large_blocks") is False else "")
 
 
 def step_memory(row) -> str:

@@ -30,6 +30,7 @@ def test_each_row_runs_in_its_own_process(capsys, tmp_path, monkeypatch):
     for r in rows:
         assert r["ratio"] > 0 and r["loss0_rel_diff"] < 1e-4
         assert r["malloc_keeps_freed_memory"] and r["jax_cpu_async_dispatch"] is False  # as the command runs
+        assert r["malloc_keeps_large_blocks"] is True  # a tiny step keeps them (host_memory.before_step)
         assert r["peak_gflops"] == rows[0]["peak_gflops"]  # measured once, by the parent
         assert r["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
         assert {"jax_page_faults_per_step", "torch_sys_s_per_step"} <= set(r)  # recorded for both frameworks
@@ -85,6 +86,14 @@ def test_flop_rates_on_gpu_use_torch_count_once():
     assert row["jax_gflops"] == pytest.approx(600.0) and row["torch_pct_peak"] == pytest.approx(300.0)
     again = bench_step.set_flop_rates(dict(row))  # a saved row read back (--table) keeps its counts
     assert again["gflop_per_step"] == 300.0 and again["xla_gflop_per_step"] == 10.0
+
+
+def test_malloc_mode_says_when_a_step_gave_its_large_blocks_back():
+    kept = {"malloc_keeps_freed_memory": True, "jax_cpu_async_dispatch": False}
+    assert bench_step.malloc_mode(kept) == "kept, sync"
+    assert bench_step.malloc_mode({**kept, "malloc_keeps_large_blocks": True}) == "kept, sync"
+    assert bench_step.malloc_mode({**kept, "malloc_keeps_large_blocks": False}) == "kept, sync, large blocks given back"
+    assert bench_step.malloc_mode({"malloc_keeps_freed_memory": False, "malloc_keeps_large_blocks": None}) == "glibc"
 
 
 def test_table_from_saved_rows(tmp_path, capsys):
