@@ -1,9 +1,9 @@
 """The L-BFGS direction by its compact representation: the same direction as ``optax.scale_by_lbfgs``,
-in two passes over the correction pairs instead of four.
+from two matrix products over the stored pairs instead of ``2m`` sequential vector updates.
 
 ``optax.scale_by_lbfgs`` computes ``P_k g`` (``P_k`` the L-BFGS approximation of the inverse Hessian,
-``g`` the gradient) with the two-loop recursion: ``2m`` scan steps, each reading a stored pair and the
-running vector, so the ``2m`` image-sized vectors of the memory are read twice, one slice at a time.
+``g`` the gradient) with the two-loop recursion: ``2m`` scan steps, each slicing one stored pair out
+of the memory and reading and writing the image-sized running vector, one pair at a time.
 At 256x256 with ``m = 20`` pairs (31 MB of memory) that cost 7.5-9.0 ms a step on the 2-core benchmark
 CPU against Adam's 0.5 ms, 2-3% of the whole update step. The compact representation (Byrd, Nocedal and
 Schnabel 1994, "Representations of quasi-Newton matrices and their use in limited memory methods",
@@ -64,8 +64,8 @@ def _dot(a, b):
 
 def _solve_upper(r, c, transpose: bool = False):
     """``x`` with ``r x = c`` (``transpose``: ``r^T x = c``) for an upper triangular ``r`` ``[m, m]``
-    with a nonzero diagonal, by substitution: ``m`` steps of ``m`` products, unrolled (straight-line
-    code: no loop whose condition a GPU would read back at every step).
+    with a nonzero diagonal, by substitution: ``m`` steps of ``m`` products, unrolled into
+    straight-line code (no while loop in the step).
 
     Not ``jax.scipy.linalg.solve_triangular``: on the CPU that is a call into LAPACK
     (``lapack_strsm_ffi``) whose function pointer jaxlib sets only when it lowers such an operation,
