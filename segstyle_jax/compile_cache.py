@@ -115,9 +115,9 @@ def summary() -> str:
     from segstyle_jax import step_store  # (it imports this module)
 
     c, s = counts(), step_store.counts()
-    steps = f"; update steps: {s['loaded']} loaded without tracing, {s['stored']} stored" if s["loaded"] or s["stored"] else ""
-    if s["refused"]:
-        steps += f"{'; update steps: ' if not steps else ', '}{s['refused']} not stored (custom calls)"
+    parts = [f"{s['loaded']} loaded without tracing, {s['stored']} stored"] if s["loaded"] or s["stored"] else []
+    parts += [f"{s['refused']} not stored (custom calls)"] if s["refused"] else []
+    steps = f"; update steps: {', '.join(parts)}" if parts else ""
     return (f"compile cache {enabled_dir()}: {c['loaded']} program{'s' if c['loaded'] != 1 else ''} loaded ({c['seconds_saved']:.1f} s of compiling "
             f"saved), {c['stored']} compiled and stored{steps}")
 

@@ -169,4 +169,6 @@ def test_a_program_with_custom_calls_is_not_stored(store_dir):
     assert step_store.calls_out(solve) and not step_store.calls_out(plain)
     assert not step_store.store("a" * 64, solve) and not list(store_dir.glob("*.step"))
     assert step_store.counts()["refused"] == 1
+    assert compile_cache.summary().endswith("; update steps: 1 not stored (custom calls)")
     assert step_store.store("b" * 64, plain) and [p.stem for p in store_dir.glob("*.step")] == ["b" * 64]
+    assert compile_cache.summary().endswith("; update steps: 0 loaded without tracing, 1 stored, 1 not stored (custom calls)")
